@@ -1,1 +1,549 @@
-//! TODO
+//! The tokio driver: the thin layer that joins the XDP program, the AF_XDP
+//! sockets and the sans-IO TCP core.
+//!
+//! One task on a current-thread runtime owns everything, so nothing is
+//! shared or locked. Each turn of its loop:
+//!
+//! 1. drains a batch of frames from every AF_XDP RX ring into the core,
+//! 2. fires the core's timers when they are due,
+//! 3. hands the core's events to the services (echo, discard, daytime),
+//! 4. writes every segment the core wants to send straight into a free UMEM
+//!    frame (the core writes at the TCP offset, the driver adds Ethernet and
+//!    IPv4 headers in front) and kicks the TX ring once per batch,
+//!
+//! then sleeps until a socket is readable, the core's earliest timer is due,
+//! a control client asks for a snapshot, or a signal arrives. The core keeps
+//! its timers as data, so there is one wakeup however many connections.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::task::Poll;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::afxdp::{interface_queue_count, XskConfig, XskSocket};
+use crate::control::{ControlServer, Request, Snapshot};
+use crate::frame::{self, TxHeaders, TCP_OFFSET};
+use crate::services::{Service, Services};
+use crate::tcp::{self, Instant, Stack};
+use crate::xdp::{XdpAttachment, XdpMode};
+
+/// Frames taken from one RX ring per turn: large enough to amortise the
+/// ring's atomics, small enough to keep ACKs flowing during a burst.
+const RX_BATCH: usize = 64;
+
+/// Everything `tcp-user run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub iface: String,
+    /// The endpoint's address; the interface's first IPv4 address if None.
+    pub addr: Option<Ipv4Addr>,
+    pub services: Vec<(Service, u16)>,
+    /// AF_XDP sockets to open (one per RX queue); all queues if None.
+    pub queues: Option<u32>,
+    pub xdp_mode: XdpMode,
+    pub tcp: tcp::Config,
+    pub control_socket: PathBuf,
+}
+
+/// What the driver knows about the interface it serves.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub addr: Ipv4Addr,
+}
+
+impl Interface {
+    /// Reads the interface's MAC, MTU and IPv4 address from the kernel.
+    pub fn lookup(name: &str, addr: Option<Ipv4Addr>) -> anyhow::Result<Interface> {
+        if name.is_empty() || name.len() > 15 || name.contains('/') {
+            bail!("invalid interface name {name:?}");
+        }
+        let sys = PathBuf::from("/sys/class/net").join(name);
+        if !sys.exists() {
+            bail!("interface {name} does not exist");
+        }
+        let mac_text = std::fs::read_to_string(sys.join("address"))
+            .with_context(|| format!("reading the MAC address of {name}"))?;
+        let mac = parse_mac(mac_text.trim())
+            .with_context(|| format!("interface {name} has no Ethernet address"))?;
+        let mtu: u32 = std::fs::read_to_string(sys.join("mtu"))
+            .with_context(|| format!("reading the MTU of {name}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("interface {name} reports a bad MTU"))?;
+        if mtu < 576 {
+            bail!("interface {name} has MTU {mtu}, below the IPv4 minimum of 576");
+        }
+        let addr = match addr {
+            Some(a) => a,
+            None => interface_ipv4(name)?,
+        };
+        Ok(Interface {
+            name: name.to_owned(),
+            mac,
+            mtu,
+            addr,
+        })
+    }
+
+    /// The MSS to advertise: the MTU less the IPv4 and TCP headers, capped
+    /// by what one UMEM frame holds.
+    pub fn mss(&self, frame_size: u32) -> u16 {
+        let by_mtu = self.mtu.saturating_sub(40);
+        let by_frame = frame_size.saturating_sub(256 + TCP_OFFSET as u32 + 60);
+        by_mtu.min(by_frame).min(u16::MAX as u32) as u16
+    }
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    if parts.next().is_some() || mac == [0; 6] {
+        return None;
+    }
+    Some(mac)
+}
+
+/// The first IPv4 address of an interface, asked of `ip` in JSON form.
+fn interface_ipv4(name: &str) -> anyhow::Result<Ipv4Addr> {
+    let out = std::process::Command::new("ip")
+        .args(["-j", "-4", "addr", "show", "dev", name])
+        .output()
+        .context("running `ip` to find the interface's address (pass --addr instead)")?;
+    if !out.status.success() {
+        bail!(
+            "`ip addr show dev {name}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing `ip -j addr` output")?;
+    json.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|link| link["addr_info"].as_array().into_iter().flatten())
+        .find_map(|a| a["local"].as_str()?.parse().ok())
+        .with_context(|| format!("interface {name} has no IPv4 address (pass --addr)"))
+}
+
+/// A monotonic clock for the core, which only ever sees microseconds since
+/// the driver started.
+struct Clock(std::time::Instant);
+
+impl Clock {
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.0.elapsed().as_micros() as u64)
+    }
+    fn deadline(&self, at: Instant) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.0 + Duration::from_micros(at.as_micros()))
+    }
+}
+
+/// A borrowed descriptor for tokio's reactor: the `XskSocket` owns and
+/// closes the socket, this only names it.
+struct FdName(RawFd);
+
+impl AsRawFd for FdName {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// The driver's own counters, shown by `tcp-user stat`.
+#[derive(Default, Debug)]
+struct DriverCounters {
+    rx_frames: u64,
+    rx_unparsable: u64,
+    rx_not_ours: u64,
+    tx_segments: u64,
+    tx_no_peer_mac: u64,
+    tx_ring_full_waits: u64,
+    turns: u64,
+}
+
+impl DriverCounters {
+    fn as_map(&self) -> BTreeMap<String, u64> {
+        [
+            ("rx_frames", self.rx_frames),
+            ("rx_unparsable", self.rx_unparsable),
+            ("rx_not_ours", self.rx_not_ours),
+            ("tx_segments", self.tx_segments),
+            ("tx_no_peer_mac", self.tx_no_peer_mac),
+            ("tx_ring_full_waits", self.tx_ring_full_waits),
+            ("turns", self.turns),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+/// The running endpoint.
+struct Driver {
+    iface: Interface,
+    clock: Clock,
+    stack: Stack,
+    services: Services,
+    xdp: XdpAttachment,
+    sockets: Vec<XskSocket>,
+    /// Where replies go: the MAC address each peer's frames came from.
+    peer_macs: HashMap<Ipv4Addr, [u8; 6]>,
+    ip_id: u16,
+    /// The TX socket used next (round robin over the queues' sockets).
+    tx_next: usize,
+    counters: DriverCounters,
+}
+
+/// Runs the endpoint until SIGINT or SIGTERM. `ready` is called once when
+/// XDP is attached and the listeners are up.
+pub fn run(cfg: RunConfig, ready: impl FnOnce(&Interface, &[u16])) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(run_async(cfg, ready))
+}
+
+async fn run_async(
+    mut cfg: RunConfig,
+    ready: impl FnOnce(&Interface, &[u16]),
+) -> anyhow::Result<()> {
+    let iface = Interface::lookup(&cfg.iface, cfg.addr)?;
+    let xsk_cfg = XskConfig::default();
+    cfg.tcp.mss = iface.mss(xsk_cfg.frame_size);
+
+    let mut xdp = XdpAttachment::load(Some(iface.addr)).context("loading the XDP program")?;
+
+    let available = interface_queue_count(&iface.name)?;
+    let queues = match cfg.queues {
+        None => available,
+        Some(0) => bail!("--queues must be at least 1"),
+        Some(n) if n > available => {
+            bail!("--queues {n}: interface {} has only {available} RX queues", iface.name)
+        }
+        Some(n) => n,
+    };
+    let mut sockets = Vec::with_capacity(queues as usize);
+    for q in 0..queues {
+        let sock = XskSocket::new(&iface.name, q, &xsk_cfg)
+            .with_context(|| format!("opening the AF_XDP socket for queue {q}"))?;
+        xdp.register_xsk(q, sock.as_raw_fd())?;
+        sockets.push(sock);
+    }
+
+    let mut stack = Stack::new(cfg.tcp.clone());
+    let services = Services::new(&cfg.services);
+    let mut ports: Vec<u16> = services.ports().collect();
+    ports.sort_unstable();
+    for &port in &ports {
+        stack
+            .listen(SocketAddrV4::new(iface.addr, port))
+            .map_err(|e| anyhow::anyhow!("listening on port {port}: {e}"))?;
+        xdp.add_listen_port(port)?;
+    }
+
+    let mode = xdp.attach(&iface.name, cfg.xdp_mode)?;
+    tracing::info!(
+        "XDP attached to {} in {mode:?} mode, {} AF_XDP socket(s), mss {}",
+        iface.name,
+        sockets.len(),
+        cfg.tcp.mss
+    );
+
+    let (req_tx, req_rx) = mpsc::channel::<Request>(16);
+    let _control = ControlServer::bind(&cfg.control_socket, req_tx)?;
+
+    let mut driver = Driver {
+        iface,
+        clock: Clock(std::time::Instant::now()),
+        stack,
+        services,
+        xdp,
+        sockets,
+        peer_macs: HashMap::new(),
+        ip_id: 0,
+        tx_next: 0,
+        counters: DriverCounters::default(),
+    };
+    ready(&driver.iface, &ports);
+    driver.serve(req_rx).await
+}
+
+impl Driver {
+    async fn serve(&mut self, mut requests: mpsc::Receiver<Request>) -> anyhow::Result<()> {
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let readiness: Vec<AsyncFd<FdName>> = self
+            .sockets
+            .iter()
+            .map(|s| AsyncFd::new(FdName(s.as_raw_fd())))
+            .collect::<Result<_, _>>()
+            .context("registering the AF_XDP sockets with tokio")?;
+
+        loop {
+            let more = self.turn();
+            if more {
+                // Rings still hold work (a full batch, or TX back-pressure):
+                // let other tasks (control socket) run, then go on.
+                tokio::task::yield_now().await;
+                while let Ok(req) = requests.try_recv() {
+                    let _ = req.send(self.snapshot());
+                }
+                continue;
+            }
+            let deadline = self.stack.poll_timeout().map(|t| self.clock.deadline(t));
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = any_readable(&readiness) => {}
+                _ = sleep => {}
+                Some(req) = requests.recv() => {
+                    let _ = req.send(self.snapshot());
+                }
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    /// One turn of the loop; true when work is left for an immediate next turn.
+    fn turn(&mut self) -> bool {
+        self.counters.turns += 1;
+        let now = self.clock.now();
+        let mut full_batch = false;
+        for sock in &mut self.sockets {
+            let stack = &mut self.stack;
+            let macs = &mut self.peer_macs;
+            let counters = &mut self.counters;
+            let local = self.iface.addr;
+            let n = sock.recv_batch(RX_BATCH, |bytes| {
+                counters.rx_frames += 1;
+                match frame::parse(bytes) {
+                    Ok(f) if f.dst == local => {
+                        macs.insert(f.src, f.src_mac);
+                        stack.handle_segment(now, f.src, f.dst, f.segment);
+                    }
+                    Ok(_) => counters.rx_not_ours += 1,
+                    Err(_) => counters.rx_unparsable += 1,
+                }
+            });
+            full_batch |= n == RX_BATCH;
+            sock.wake_rx_if_needed();
+        }
+        if self.stack.poll_timeout().is_some_and(|t| t <= now) {
+            self.stack.handle_timeout(now);
+        }
+        while let Some(ev) = self.stack.poll_event() {
+            self.services.handle(&mut self.stack, now, ev);
+        }
+        let tx_blocked = self.transmit(now);
+        full_batch || tx_blocked
+    }
+
+    /// Sends everything the core has; true when the TX ring ran out of
+    /// room (the rest waits for the next turn, still queued in the core).
+    fn transmit(&mut self, now: Instant) -> bool {
+        if self.sockets.is_empty() {
+            return false;
+        }
+        let mut blocked = false;
+        let mut sent_any = false;
+        loop {
+            let idx = self.tx_next % self.sockets.len();
+            let sock = &mut self.sockets[idx];
+            let stack = &mut self.stack;
+            let macs = &self.peer_macs;
+            let counters = &mut self.counters;
+            let src_mac = self.iface.mac;
+            let ip_id = &mut self.ip_id;
+            let mut produced = false;
+            let mut emit = |buf: &mut [u8]| -> usize {
+                if buf.len() <= TCP_OFFSET {
+                    return 0;
+                }
+                loop {
+                    let Some(t) = stack.poll_transmit(now, &mut buf[TCP_OFFSET..]) else {
+                        return 0;
+                    };
+                    produced = true;
+                    let Some(&dst_mac) = macs.get(&t.dst) else {
+                        // Only peers that sent us a frame are reachable
+                        // until the endpoint speaks ARP; count and go on.
+                        counters.tx_no_peer_mac += 1;
+                        continue;
+                    };
+                    *ip_id = ip_id.wrapping_add(1);
+                    let h = TxHeaders {
+                        src_mac,
+                        dst_mac,
+                        src: t.src,
+                        dst: t.dst,
+                        ip_id: *ip_id,
+                    };
+                    counters.tx_segments += 1;
+                    return frame::write_headers(buf, &h, t.len);
+                }
+            };
+            let took_frame = sock.send_with(&mut emit);
+            if !took_frame {
+                // Ring full: push what is queued, reclaim completions, retry once.
+                sock.flush_tx();
+                sock.reclaim();
+                if !sock.send_with(&mut emit) {
+                    self.counters.tx_ring_full_waits += 1;
+                    blocked = true;
+                    break;
+                }
+            }
+            if !produced {
+                break;
+            }
+            sent_any = true;
+            if self.sockets.len() > 1 {
+                self.tx_next = self.tx_next.wrapping_add(1);
+            }
+        }
+        if sent_any || blocked {
+            for sock in &mut self.sockets {
+                sock.flush_tx();
+                sock.reclaim();
+            }
+        }
+        blocked
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let connections = self.stack.connections();
+        let mut states = BTreeMap::new();
+        for c in &connections {
+            let name = serde_json::to_value(c.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{:?}", c.state));
+            *states.entry(name).or_insert(0) += 1;
+        }
+        let to_map = |pairs: Vec<(&'static str, u64)>| -> BTreeMap<String, u64> {
+            pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+        };
+        let afxdp = self
+            .sockets
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "queue": s.queue_id(),
+                    "kernel": to_map(s.statistics().as_pairs()),
+                    "engine": to_map(s.counters().as_pairs()),
+                })
+            })
+            .collect();
+        Snapshot {
+            iface: self.iface.name.clone(),
+            addr: self.iface.addr.to_string(),
+            connections,
+            states,
+            counters: to_map(self.stack.counters()),
+            xdp: to_map(self.xdp.counters()),
+            afxdp,
+            driver: self.counters.as_map(),
+        }
+    }
+
+    /// Resets every connection (the peers learn at once instead of timing
+    /// out) and sends those RSTs before the XDP program goes away.
+    fn shutdown(&mut self) {
+        let now = self.clock.now();
+        let ids: Vec<_> = self
+            .stack
+            .connections()
+            .into_iter()
+            .map(|c| tcp::ConnId(c.id))
+            .collect();
+        for id in ids {
+            let _ = self.stack.abort(now, id);
+        }
+        while self.stack.poll_event().is_some() {}
+        // Bounded: the core drains its RSTs; a full ring just loses them.
+        for _ in 0..16 {
+            if !self.transmit(now) {
+                break;
+            }
+        }
+        tracing::info!("shutting down: detaching XDP from {}", self.iface.name);
+    }
+}
+
+/// Resolves when any of the sockets is readable. Readiness is cleared on
+/// the spot: the turn that follows drains the rings, and a frame arriving
+/// after the clear raises a fresh edge.
+async fn any_readable(fds: &[AsyncFd<FdName>]) {
+    std::future::poll_fn(|cx| {
+        let mut ready = false;
+        for fd in fds {
+            if let Poll::Ready(Ok(mut guard)) = fd.poll_read_ready(cx) {
+                guard.clear_ready();
+                ready = true;
+            }
+        }
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_macs() {
+        assert_eq!(
+            parse_mac("02:00:5e:10:00:01"),
+            Some([2, 0, 0x5e, 0x10, 0, 1])
+        );
+        assert_eq!(parse_mac("00:00:00:00:00:00"), None);
+        assert_eq!(parse_mac("02:00:5e:10:00"), None);
+        assert_eq!(parse_mac("02:00:5e:10:00:01:02"), None);
+        assert_eq!(parse_mac("zz:00:5e:10:00:01"), None);
+    }
+
+    #[test]
+    fn unknown_interface_is_a_clear_error() {
+        let e = Interface::lookup("nosuchif0", None).unwrap_err();
+        assert_eq!(e.to_string(), "interface nosuchif0 does not exist");
+        let e = Interface::lookup("../etc", None).unwrap_err();
+        assert!(e.to_string().starts_with("invalid interface name"));
+    }
+
+    #[test]
+    fn mss_follows_mtu_and_frame() {
+        let i = Interface {
+            name: "x".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+            addr: Ipv4Addr::new(198, 18, 0, 1),
+        };
+        assert_eq!(i.mss(4096), 1460);
+        assert_eq!(i.mss(2048), 2048 - 256 - 34 - 60);
+    }
+}

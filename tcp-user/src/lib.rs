@@ -10,6 +10,7 @@
 
 pub mod afxdp;
 pub mod control;
+pub mod diagram;
 pub mod driver;
 pub mod frame;
 pub mod services;

@@ -1,1 +1,202 @@
-fn main() {}
+//! `tcp-user`: the endpoint's command line.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tcp_user::control;
+use tcp_user::driver::{self, RunConfig};
+use tcp_user::services::{Service, ServiceSpec};
+use tcp_user::tcp;
+use tcp_user::xdp::XdpMode;
+
+/// A kernel-bypass TCP endpoint: XDP steers the segments of its ports into
+/// AF_XDP sockets and a userspace engine runs TCP over them.
+#[derive(Parser, Debug)]
+#[command(name = "tcp-user", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve TCP on an interface until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Show a running endpoint's connections and counters.
+    Stat(StatArgs),
+    /// Print the TCP state diagram (Graphviz DOT) from the engine's transition table.
+    StateDiagram,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Interface to attach to (for example eth0).
+    #[arg(long)]
+    iface: String,
+    /// The endpoint's IPv4 address [default: the interface's first IPv4 address].
+    #[arg(long)]
+    addr: Option<Ipv4Addr>,
+    /// A service to run, NAME:PORT with NAME one of echo, discard, daytime;
+    /// repeatable [default: echo:7 discard:9 daytime:13].
+    #[arg(long = "service", value_name = "NAME:PORT")]
+    services: Vec<ServiceSpec>,
+    /// AF_XDP sockets to open, one per RX queue [default: every queue].
+    #[arg(long)]
+    queues: Option<u32>,
+    /// XDP attach mode: auto (native, else generic), native or generic.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: XdpMode,
+    /// Maximum segment lifetime in ms; TIME-WAIT lasts twice this.
+    #[arg(long)]
+    msl_ms: Option<u64>,
+    /// How long FIN-WAIT-2 may last after the application closed, in ms.
+    #[arg(long)]
+    fin_wait2_timeout_ms: Option<u64>,
+    /// Lower bound of the retransmission timeout, in ms.
+    #[arg(long)]
+    min_rto_ms: Option<u64>,
+    /// Control socket for `tcp-user stat` [default: /run/tcp-user/IFACE.sock].
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// Log level on stderr: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log: tracing::Level,
+}
+
+#[derive(clap::Args, Debug)]
+struct StatArgs {
+    /// The interface the endpoint runs on (finds its default control socket).
+    #[arg(long, conflicts_with = "control_socket", required_unless_present = "control_socket")]
+    iface: Option<String>,
+    /// The endpoint's control socket.
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// Print the raw JSON snapshot.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+                || matches!(
+                    e.kind(),
+                    ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                )
+            {
+                let _ = e.print();
+                return if e.use_stderr() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // One line: clap's first line, without its usage block.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("tcp-user: {first} (see tcp-user --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Stat(args) => stat(args),
+        Command::StateDiagram => {
+            print!("{}", tcp_user::diagram::state_diagram_dot());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcp-user: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_max_level(args.log)
+        .with_writer(std::io::stderr)
+        .init();
+    let mut tcp = tcp::Config::default();
+    if let Some(ms) = args.msl_ms {
+        tcp.msl = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.fin_wait2_timeout_ms {
+        tcp.fin_wait2_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.min_rto_ms {
+        tcp.min_rto = Duration::from_millis(ms);
+    }
+    tcp.isn_secret = random_secret()?;
+    let services: Vec<(Service, u16)> = if args.services.is_empty() {
+        Service::defaults()
+    } else {
+        args.services.iter().map(|s| (s.service, s.port)).collect()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (_, port) in &services {
+        if !seen.insert(*port) {
+            anyhow::bail!("port {port} is given to more than one service");
+        }
+    }
+    let control_socket = args
+        .control_socket
+        .unwrap_or_else(|| control::default_socket_path(&args.iface));
+    let cfg = RunConfig {
+        iface: args.iface,
+        addr: args.addr,
+        services,
+        queues: args.queues,
+        xdp_mode: args.xdp_mode,
+        tcp,
+        control_socket,
+    };
+    driver::run(cfg, |iface, ports| {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "READY iface={} addr={} ports={}",
+            iface.name,
+            iface.addr,
+            ports.join(",")
+        );
+        let _ = out.flush();
+    })
+}
+
+/// The RFC 6528 ISN key: secret, and new each run.
+fn random_secret() -> anyhow::Result<[u8; 16]> {
+    use std::io::Read;
+    let mut key = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(|e| anyhow::anyhow!("reading /dev/urandom for the ISN key: {e}"))?;
+    Ok(key)
+}
+
+fn stat(args: StatArgs) -> anyhow::Result<()> {
+    let path = match (args.control_socket, args.iface) {
+        (Some(p), _) => p,
+        (None, Some(iface)) => control::default_socket_path(&iface),
+        (None, None) => anyhow::bail!("give --iface or --control-socket"),
+    };
+    let snap = control::fetch(&path)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&snap)?);
+    } else {
+        print!("{}", control::render_table(&snap));
+    }
+    Ok(())
+}
