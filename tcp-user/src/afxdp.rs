@@ -1,1 +1,727 @@
-//! TODO
+//! AF_XDP sockets on `libc`: the UMEM, its fill and completion rings, and
+//! the RX and TX rings, one socket per RX queue.
+//!
+//! This module and the XDP program's packet helper are the only places with
+//! `unsafe`. The rings are single-producer/single-consumer queues shared
+//! with the kernel through `mmap`: we read the other side's index with
+//! Acquire and publish ours with Release, so descriptor contents are visible
+//! before the index that covers them.
+//!
+//! Frame ownership: the UMEM is cut into `frame_count` frames. The first
+//! half lives in the fill ring / RX ring cycle (the kernel writes received
+//! frames there, we hand each back to the fill ring after reading it); the
+//! second half is for TX (a free list, the TX ring, and back through the
+//! completion ring).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context};
+
+/// How to bind: zero-copy needs driver support (veth has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindMode {
+    /// Zero-copy if the driver allows it, else copy.
+    Auto,
+    Copy,
+    ZeroCopy,
+}
+
+/// Sizes of the UMEM and the rings.
+#[derive(Clone, Debug)]
+pub struct XskConfig {
+    /// Bytes per UMEM frame (a power of two, 2048 or 4096).
+    pub frame_size: u32,
+    /// Frames in the UMEM, half for receiving and half for sending.
+    pub frame_count: u32,
+    /// Entries of each of the four rings (power of two, at least frame_count / 2).
+    pub ring_size: u32,
+    pub mode: BindMode,
+    /// Ask the kernel to say when it needs a kick (XDP_USE_NEED_WAKEUP).
+    pub need_wakeup: bool,
+}
+
+impl Default for XskConfig {
+    fn default() -> Self {
+        XskConfig {
+            frame_size: 4096,
+            frame_count: 4096,
+            ring_size: 2048,
+            mode: BindMode::Auto,
+            need_wakeup: true,
+        }
+    }
+}
+
+/// The kernel's own drop statistics for one socket (XDP_STATISTICS): XDP
+/// counters only say a frame was redirected, these say whether it arrived.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskStatistics {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+impl XskStatistics {
+    pub fn as_pairs(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("rx_dropped", self.rx_dropped),
+            ("rx_invalid_descs", self.rx_invalid_descs),
+            ("tx_invalid_descs", self.tx_invalid_descs),
+            ("rx_ring_full", self.rx_ring_full),
+            ("rx_fill_ring_empty_descs", self.rx_fill_ring_empty_descs),
+            ("tx_ring_empty_descs", self.tx_ring_empty_descs),
+        ]
+    }
+}
+
+/// The engine's own counters for one socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XskCounters {
+    pub rx_frames: u64,
+    pub tx_frames: u64,
+    pub tx_kicks: u64,
+    /// send_with found no free frame or TX slot.
+    pub tx_full: u64,
+    pub rx_wakeups: u64,
+}
+
+impl XskCounters {
+    pub fn as_pairs(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("rx_frames", self.rx_frames),
+            ("tx_frames", self.tx_frames),
+            ("tx_kicks", self.tx_kicks),
+            ("tx_full", self.tx_full),
+            ("rx_wakeups", self.rx_wakeups),
+        ]
+    }
+}
+
+/// Number of RX queues of an interface (at least 1).
+pub fn interface_queue_count(ifname: &str) -> anyhow::Result<u32> {
+    let dir = std::path::Path::new("/sys/class/net").join(ifname).join("queues");
+    let entries = std::fs::read_dir(&dir)
+        .with_context(|| format!("interface {ifname} does not exist"))?;
+    let n = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count() as u32;
+    Ok(n.max(1))
+}
+
+/// Index arithmetic shared by the four rings. Indices run freely and wrap
+/// at 2^32; the slot is `index & mask`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RingIndex {
+    size: u32,
+}
+
+impl RingIndex {
+    fn slot(self, index: u32) -> usize {
+        (index & (self.size - 1)) as usize
+    }
+    /// Entries between a consumer and a producer index.
+    fn filled(producer: u32, consumer: u32) -> u32 {
+        producer.wrapping_sub(consumer)
+    }
+    fn free(self, producer: u32, consumer: u32) -> u32 {
+        self.size - Self::filled(producer, consumer)
+    }
+}
+
+/// One mmapped ring.
+struct Ring {
+    map: NonNull<libc::c_void>,
+    map_len: usize,
+    producer: NonNull<AtomicU32>,
+    consumer: NonNull<AtomicU32>,
+    flags: NonNull<AtomicU32>,
+    descs: NonNull<u8>,
+    index: RingIndex,
+    /// Our side's index, published with Release when a batch is done.
+    local: u32,
+}
+
+impl Ring {
+    fn map(
+        fd: RawFd,
+        off: &libc::xdp_ring_offset,
+        size: u32,
+        desc_size: usize,
+        pgoff: u64,
+        name: &str,
+    ) -> anyhow::Result<Ring> {
+        let map_len = off.desc as usize + size as usize * desc_size;
+        // Safety: a fresh shared mapping of the socket's ring at the page
+        // offset the kernel defines for it; we check the result below.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                pgoff as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error()).with_context(|| format!("mmap of the {name} ring"));
+        }
+        let base = p as *mut u8;
+        let at = |o: u64| {
+            // Safety: the kernel's offsets lie inside the mapping it sized.
+            NonNull::new(unsafe { base.add(o as usize) }).expect("mmap never returns null")
+        };
+        Ok(Ring {
+            map: NonNull::new(p).expect("mmap never returns null"),
+            map_len,
+            producer: at(off.producer).cast(),
+            consumer: at(off.consumer).cast(),
+            flags: at(off.flags).cast(),
+            descs: at(off.desc),
+            index: RingIndex { size },
+            local: 0,
+        })
+    }
+
+    fn producer(&self) -> &AtomicU32 {
+        // Safety: points into our live mapping; the kernel and we access it
+        // only atomically, and it is 4-byte aligned per the ABI.
+        unsafe { self.producer.as_ref() }
+    }
+    fn consumer(&self) -> &AtomicU32 {
+        // Safety: as for `producer`.
+        unsafe { self.consumer.as_ref() }
+    }
+    fn needs_wakeup(&self) -> bool {
+        // Safety: as for `producer`.
+        unsafe { self.flags.as_ref() }.load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
+    }
+
+    /// Reads the u64 address at `index` (fill/completion rings).
+    fn addr_at(&self, index: u32) -> u64 {
+        // Safety: the slot is inside the descriptor array (masked index),
+        // 8-byte aligned, and owned by us between the indices we hold.
+        unsafe { (self.descs.as_ptr() as *const u64).add(self.index.slot(index)).read_volatile() }
+    }
+    fn set_addr_at(&mut self, index: u32, addr: u64) {
+        // Safety: as for `addr_at`; the slot is ours until we publish it.
+        unsafe { (self.descs.as_ptr() as *mut u64).add(self.index.slot(index)).write_volatile(addr) }
+    }
+    fn desc_at(&self, index: u32) -> libc::xdp_desc {
+        // Safety: as for `addr_at`, for the 16-byte descriptors of RX/TX.
+        unsafe {
+            (self.descs.as_ptr() as *const libc::xdp_desc)
+                .add(self.index.slot(index))
+                .read_volatile()
+        }
+    }
+    fn set_desc_at(&mut self, index: u32, desc: libc::xdp_desc) {
+        // Safety: as for `desc_at`; the slot is ours until we publish it.
+        unsafe {
+            (self.descs.as_ptr() as *mut libc::xdp_desc)
+                .add(self.index.slot(index))
+                .write_volatile(desc)
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Safety: unmaps exactly the mapping made in `Ring::map`; nothing
+        // refers into it once the ring is dropped.
+        unsafe { libc::munmap(self.map.as_ptr(), self.map_len) };
+    }
+}
+
+/// The packet buffer shared with the kernel.
+struct Umem {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+impl Umem {
+    fn new(len: usize) -> anyhow::Result<Umem> {
+        // Safety: a fresh private anonymous mapping; checked below.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error()).context("allocating the UMEM");
+        }
+        Ok(Umem {
+            base: NonNull::new(p as *mut u8).expect("mmap never returns null"),
+            len,
+        })
+    }
+
+    fn frame(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let start = addr as usize;
+        let end = start.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // Safety: [start, end) is inside the UMEM (checked); the kernel
+        // wrote this frame before publishing its descriptor, and does not
+        // touch it again until we return it through the fill ring.
+        Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(start), len) })
+    }
+
+    fn frame_mut(&mut self, addr: u64, len: usize) -> Option<&mut [u8]> {
+        let start = addr as usize;
+        let end = start.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        // Safety: as for `frame`; a TX frame on our free list is ours alone
+        // until its descriptor is published on the TX ring.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(start), len) })
+    }
+}
+
+impl Drop for Umem {
+    fn drop(&mut self) {
+        // Safety: unmaps the mapping made in `Umem::new`, after the socket
+        // (which referenced it) was closed: fields drop in declaration order.
+        unsafe { libc::munmap(self.base.as_ptr() as *mut _, self.len) };
+    }
+}
+
+/// One AF_XDP socket bound to one RX queue, with its own UMEM.
+pub struct XskSocket {
+    // Declaration order is drop order: rings, then the socket, then the UMEM.
+    rx: Ring,
+    tx: Ring,
+    fill: Ring,
+    comp: Ring,
+    fd: OwnedFd,
+    umem: Umem,
+    frame_size: u32,
+    queue: u32,
+    copy_mode: bool,
+    /// TX frames not in flight.
+    tx_free: Vec<u64>,
+    /// TX descriptors written but not yet published.
+    tx_pending: u32,
+    counters: XskCounters,
+}
+
+impl XskSocket {
+    /// Opens a socket on `ifname`'s RX queue `queue`.
+    pub fn new(ifname: &str, queue: u32, cfg: &XskConfig) -> anyhow::Result<XskSocket> {
+        if !cfg.frame_size.is_power_of_two()
+            || cfg.frame_size < 2048
+            || !cfg.ring_size.is_power_of_two()
+            || cfg.frame_count < 2
+            || cfg.frame_count / 2 > cfg.ring_size
+        {
+            bail!("invalid AF_XDP configuration {cfg:?}");
+        }
+        let c_name = CString::new(ifname).context("interface name contains NUL")?;
+        // Safety: a plain libc call on a NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+        if ifindex == 0 {
+            bail!("interface {ifname} does not exist");
+        }
+        match cfg.mode {
+            BindMode::Copy => Self::open(ifindex, queue, cfg, true),
+            BindMode::ZeroCopy => Self::open(ifindex, queue, cfg, false),
+            BindMode::Auto => Self::open(ifindex, queue, cfg, false).or_else(|zc| {
+                tracing::debug!("zero-copy AF_XDP unavailable on {ifname}: {zc:#}; using copy mode");
+                Self::open(ifindex, queue, cfg, true)
+            }),
+        }
+        .with_context(|| format!("AF_XDP socket on {ifname} queue {queue}"))
+    }
+
+    fn open(ifindex: u32, queue: u32, cfg: &XskConfig, copy: bool) -> anyhow::Result<XskSocket> {
+        // Safety: plain socket(2); the result is checked and owned at once.
+        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error())
+                .context("socket(AF_XDP) (needs root or CAP_NET_RAW)");
+        }
+        // Safety: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let umem = Umem::new(cfg.frame_size as usize * cfg.frame_count as usize)?;
+        let reg = libc::xdp_umem_reg {
+            addr: umem.base.as_ptr() as u64,
+            len: umem.len as u64,
+            chunk_size: cfg.frame_size,
+            headroom: 0,
+            flags: 0,
+            tx_metadata_len: 0,
+        };
+        setsockopt(&fd, libc::XDP_UMEM_REG, &reg).context("registering the UMEM")?;
+        for opt in [
+            libc::XDP_UMEM_FILL_RING,
+            libc::XDP_UMEM_COMPLETION_RING,
+            libc::XDP_RX_RING,
+            libc::XDP_TX_RING,
+        ] {
+            setsockopt(&fd, opt, &cfg.ring_size).context("sizing the rings")?;
+        }
+        let mut off: libc::xdp_mmap_offsets = zeroed_offsets();
+        let mut optlen = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+        // Safety: getsockopt writes at most `optlen` bytes into `off`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_MMAP_OFFSETS,
+                &mut off as *mut _ as *mut libc::c_void,
+                &mut optlen,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("XDP_MMAP_OFFSETS");
+        }
+        let n = cfg.ring_size;
+        let raw_fd = fd.as_raw_fd();
+        let desc = std::mem::size_of::<libc::xdp_desc>();
+        let rx = Ring::map(raw_fd, &off.rx, n, desc, libc::XDP_PGOFF_RX_RING as u64, "RX")?;
+        let tx = Ring::map(raw_fd, &off.tx, n, desc, libc::XDP_PGOFF_TX_RING as u64, "TX")?;
+        let mut fill = Ring::map(raw_fd, &off.fr, n, 8, libc::XDP_UMEM_PGOFF_FILL_RING, "fill")?;
+        let comp = Ring::map(raw_fd, &off.cr, n, 8, libc::XDP_UMEM_PGOFF_COMPLETION_RING, "completion")?;
+
+        // Hand the receive half of the UMEM to the kernel before binding.
+        let rx_frames = cfg.frame_count / 2;
+        for i in 0..rx_frames {
+            let idx = fill.local;
+            fill.set_addr_at(idx, i as u64 * cfg.frame_size as u64);
+            fill.local = idx.wrapping_add(1);
+        }
+        fill.producer().store(fill.local, Ordering::Release);
+        let tx_free = (rx_frames..cfg.frame_count)
+            .map(|i| i as u64 * cfg.frame_size as u64)
+            .collect();
+
+        let mut flags = if copy { libc::XDP_COPY } else { libc::XDP_ZEROCOPY };
+        if cfg.need_wakeup {
+            flags |= libc::XDP_USE_NEED_WAKEUP;
+        }
+        let sa = libc::sockaddr_xdp {
+            sxdp_family: libc::AF_XDP as u16,
+            sxdp_flags: flags,
+            sxdp_ifindex: ifindex,
+            sxdp_queue_id: queue,
+            sxdp_shared_umem_fd: 0,
+        };
+        // Safety: bind(2) with a correctly sized sockaddr_xdp.
+        let rc = unsafe {
+            libc::bind(
+                raw_fd,
+                &sa as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(e).context(if copy { "bind (copy mode)" } else { "bind (zero-copy mode)" });
+        }
+        Ok(XskSocket {
+            rx,
+            tx,
+            fill,
+            comp,
+            fd,
+            umem,
+            frame_size: cfg.frame_size,
+            queue,
+            copy_mode: copy,
+            tx_free,
+            tx_pending: 0,
+            counters: XskCounters::default(),
+        })
+    }
+
+    pub fn queue_id(&self) -> u32 {
+        self.queue
+    }
+
+    /// Hands up to `max` received frames to `f`, then returns their UMEM
+    /// frames to the fill ring in one batch. Returns how many it handled.
+    pub fn recv_batch(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let produced = self.rx.producer().load(Ordering::Acquire);
+        let ready = RingIndex::filled(produced, self.rx.local).min(max as u32);
+        if ready == 0 {
+            return 0;
+        }
+        // The fill ring holds every RX frame, so there is always room for
+        // the ones coming back; check anyway rather than overwrite.
+        let fill_cons = self.fill.consumer().load(Ordering::Acquire);
+        let room = self.fill.index.free(self.fill.local, fill_cons);
+        let n = ready.min(room);
+        for i in 0..n {
+            let d = self.rx.desc_at(self.rx.local.wrapping_add(i));
+            if let Some(frame) = self.umem.frame(d.addr, d.len as usize) {
+                f(frame);
+            }
+            let chunk = d.addr & !(self.frame_size as u64 - 1);
+            let idx = self.fill.local;
+            self.fill.set_addr_at(idx, chunk);
+            self.fill.local = idx.wrapping_add(1);
+        }
+        self.rx.local = self.rx.local.wrapping_add(n);
+        self.rx.consumer().store(self.rx.local, Ordering::Release);
+        self.fill.producer().store(self.fill.local, Ordering::Release);
+        self.counters.rx_frames += n as u64;
+        n as usize
+    }
+
+    /// Kicks the kernel when it asked to be told about new fill entries.
+    pub fn wake_rx_if_needed(&mut self) {
+        if self.fill.needs_wakeup() {
+            self.counters.rx_wakeups += 1;
+            // Safety: a zero-length non-blocking recvfrom only wakes the driver.
+            unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                )
+            };
+        }
+    }
+
+    /// TX frames that are free right now.
+    pub fn tx_free(&self) -> usize {
+        self.tx_free.len()
+    }
+
+    /// Lets `f` write one frame into a free TX frame (returning its length,
+    /// 0 to cancel) and queues it; published by [`flush_tx`](Self::flush_tx).
+    /// False when no frame or TX slot is free: `f` was not called.
+    pub fn send_with(&mut self, f: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        if self.tx_free.is_empty() {
+            self.reclaim();
+        }
+        let cons = self.tx.consumer().load(Ordering::Acquire);
+        if self.tx_free.is_empty() || self.tx.index.free(self.tx.local, cons) == 0 {
+            self.counters.tx_full += 1;
+            return false;
+        }
+        let addr = self.tx_free.pop().expect("checked non-empty");
+        let frame_size = self.frame_size as usize;
+        let len = match self.umem.frame_mut(addr, frame_size) {
+            Some(buf) => f(buf).min(frame_size),
+            None => 0,
+        };
+        if len == 0 {
+            self.tx_free.push(addr);
+            return true;
+        }
+        let idx = self.tx.local;
+        self.tx.set_desc_at(
+            idx,
+            libc::xdp_desc {
+                addr,
+                len: len as u32,
+                options: 0,
+            },
+        );
+        self.tx.local = idx.wrapping_add(1);
+        self.tx_pending += 1;
+        self.counters.tx_frames += 1;
+        true
+    }
+
+    /// Publishes queued TX descriptors and kicks the kernel. In copy mode
+    /// one kick sends a bounded batch, so it kicks until the ring is drained
+    /// or the kernel says to try later.
+    pub fn flush_tx(&mut self) {
+        if self.tx_pending > 0 {
+            self.tx.producer().store(self.tx.local, Ordering::Release);
+            self.tx_pending = 0;
+        }
+        let outstanding = |s: &Self| {
+            RingIndex::filled(s.tx.local, s.tx.consumer().load(Ordering::Acquire))
+        };
+        if outstanding(self) == 0 {
+            return;
+        }
+        if !self.copy_mode && !self.tx.needs_wakeup() {
+            return;
+        }
+        // Each kick moves at most a few dozen frames in copy mode.
+        let max_kicks = outstanding(self) / 16 + 4;
+        for _ in 0..max_kicks {
+            self.counters.tx_kicks += 1;
+            // Safety: a zero-length non-blocking sendto only kicks TX.
+            let rc = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    ptr::null(),
+                    0,
+                )
+            };
+            if rc < 0 {
+                match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::EINTR) => {}
+                    // EBUSY, ENOBUFS, ENETDOWN: the kernel can't take more now.
+                    _ => break,
+                }
+            }
+            if outstanding(self) == 0 {
+                break;
+            }
+        }
+    }
+
+    /// Takes sent frames back from the completion ring.
+    pub fn reclaim(&mut self) {
+        let produced = self.comp.producer().load(Ordering::Acquire);
+        let n = RingIndex::filled(produced, self.comp.local);
+        for i in 0..n {
+            let addr = self.comp.addr_at(self.comp.local.wrapping_add(i));
+            self.tx_free.push(addr & !(self.frame_size as u64 - 1));
+        }
+        if n > 0 {
+            self.comp.local = self.comp.local.wrapping_add(n);
+            self.comp.consumer().store(self.comp.local, Ordering::Release);
+        }
+    }
+
+    /// The kernel's statistics for this socket (zeroes if it won't say).
+    pub fn statistics(&self) -> XskStatistics {
+        let mut st = libc::xdp_statistics {
+            rx_dropped: 0,
+            rx_invalid_descs: 0,
+            tx_invalid_descs: 0,
+            rx_ring_full: 0,
+            rx_fill_ring_empty_descs: 0,
+            tx_ring_empty_descs: 0,
+        };
+        let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
+        // Safety: getsockopt writes at most `len` bytes into `st`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                &mut st as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return XskStatistics::default();
+        }
+        XskStatistics {
+            rx_dropped: st.rx_dropped,
+            rx_invalid_descs: st.rx_invalid_descs,
+            tx_invalid_descs: st.tx_invalid_descs,
+            rx_ring_full: st.rx_ring_full,
+            rx_fill_ring_empty_descs: st.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: st.tx_ring_empty_descs,
+        }
+    }
+
+    pub fn counters(&self) -> XskCounters {
+        self.counters
+    }
+
+    /// A registration of this socket with tokio's reactor, to sleep until
+    /// frames arrive. It holds its own duplicate of the descriptor.
+    pub fn readiness(&self) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+        let dup = self.fd.try_clone()?;
+        // Safety: the AsyncFd owns `dup`, so the descriptor stays open and
+        // names the same socket for as long as the registration lives.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE)
+        }
+        .map_err(io::Error::from)
+    }
+}
+
+impl AsRawFd for XskSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for XskSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, value: &T) -> io::Result<()> {
+    // Safety: passes a pointer to a live `T` and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_XDP,
+            opt,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn zeroed_offsets() -> libc::xdp_mmap_offsets {
+    let z = || libc::xdp_ring_offset {
+        producer: 0,
+        consumer: 0,
+        desc: 0,
+        flags: 0,
+    };
+    libc::xdp_mmap_offsets {
+        rx: z(),
+        tx: z(),
+        fr: z(),
+        cr: z(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_indices_wrap() {
+        let r = RingIndex { size: 8 };
+        assert_eq!(r.slot(9), 1);
+        assert_eq!(RingIndex::filled(3, u32::MAX - 1), 5);
+        assert_eq!(r.free(3, u32::MAX - 1), 3);
+        assert_eq!(RingIndex::filled(7, 7), 0);
+        assert_eq!(r.free(7, 7), 8);
+    }
+
+    #[test]
+    fn rejects_bad_configs_and_interfaces() {
+        let bad = XskConfig {
+            frame_size: 3000,
+            ..XskConfig::default()
+        };
+        assert!(XskSocket::new("lo", 0, &bad).is_err());
+        let e = XskSocket::new("nosuchif0", 0, &XskConfig::default()).err().unwrap();
+        assert!(format!("{e:#}").contains("does not exist"));
+        assert!(interface_queue_count("nosuchif0").is_err());
+        assert!(interface_queue_count("lo").unwrap() >= 1);
+    }
+}

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::task::Poll;
 use std::time::Duration;
@@ -151,16 +151,6 @@ impl Clock {
     }
 }
 
-/// A borrowed descriptor for tokio's reactor: the `XskSocket` owns and
-/// closes the socket, this only names it.
-struct FdName(RawFd);
-
-impl AsRawFd for FdName {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
 /// The driver's own counters, shown by `tcp-user stat`.
 #[derive(Default, Debug)]
 struct DriverCounters {
@@ -285,10 +275,10 @@ impl Driver {
     async fn serve(&mut self, mut requests: mpsc::Receiver<Request>) -> anyhow::Result<()> {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
-        let readiness: Vec<AsyncFd<FdName>> = self
+        let readiness: Vec<AsyncFd<OwnedFd>> = self
             .sockets
             .iter()
-            .map(|s| AsyncFd::new(FdName(s.as_raw_fd())))
+            .map(|s| s.readiness())
             .collect::<Result<_, _>>()
             .context("registering the AF_XDP sockets with tokio")?;
 
@@ -493,7 +483,7 @@ impl Driver {
 /// Resolves when any of the sockets is readable. Readiness is cleared on
 /// the spot: the turn that follows drains the rings, and a frame arriving
 /// after the clear raises a fresh edge.
-async fn any_readable(fds: &[AsyncFd<FdName>]) {
+async fn any_readable(fds: &[AsyncFd<OwnedFd>]) {
     std::future::poll_fn(|cx| {
         let mut ready = false;
         for fd in fds {
