@@ -7,8 +7,8 @@
 //!   needs the time takes `now: Instant`.
 //! - Input: whole TCP segments (header + options + payload) with the IPv4
 //!   addresses of the datagram that carried them, via [`Stack::handle_segment`].
-//!   The checksum was already verified by whoever delivered it (the XDP
-//!   program in production, the simulator's receive path in tests).
+//!   The core verifies the checksum itself (the XDP program already did in
+//!   production; the core does not trust its input either way).
 //! - Output: [`Stack::poll_transmit`] writes one complete TCP segment (with a
 //!   correct checksum over the IPv4 pseudo-header) into the caller's buffer.
 //! - Timers: [`Stack::poll_timeout`] returns the earliest deadline of all
@@ -18,6 +18,12 @@
 
 use core::time::Duration;
 use std::net::{Ipv4Addr, SocketAddrV4};
+
+mod conn;
+pub mod seq;
+mod stack;
+
+pub use stack::Stack;
 
 /// A point in time in the core: microseconds since an epoch the driver picks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -102,6 +108,14 @@ pub enum Error {
 }
 
 /// Tunables of the core. `Default` gives the documented defaults.
+///
+/// - `msl` 30 s, so TIME-WAIT lasts 60 s: RFC 9293 suggests an MSL of 2
+///   minutes (4 minutes of TIME-WAIT), BSD uses 30 s, and Linux holds
+///   TIME-WAIT for 60 s; we match Linux's observable behaviour.
+/// - `fin_wait2_timeout` 60 s, as Linux's `tcp_fin_timeout`.
+/// - `min_rto` 200 ms as Linux (RFC 6298 says 1 s, a value widely judged too
+///   conservative on modern networks); `initial_rto` 1 s per RFC 6298;
+///   `max_rto` 120 s as Linux.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// MSS we advertise (interface MTU − 40).
@@ -180,88 +194,25 @@ pub struct Transmit {
     pub len: usize,
 }
 
-/// All connections and listeners of one endpoint.
-pub struct Stack {
-    _private: (),
-}
 
-impl Stack {
-    /// A stack with no listeners and no connections.
-    pub fn new(_config: Config) -> Self {
-        todo!()
-    }
-    /// Start accepting connections on `local` (an unspecified IP accepts any).
-    pub fn listen(&mut self, _local: SocketAddrV4) -> Result<(), Error> {
-        todo!()
-    }
-    /// Active open: send a SYN to `remote` from `local` (CLOSED → SYN-SENT).
-    pub fn connect(&mut self, _now: Instant, _local: SocketAddrV4, _remote: SocketAddrV4) -> Result<ConnId, Error> {
-        todo!()
-    }
-    /// Feed one received TCP segment (header + payload). Malformed input is
-    /// counted and dropped, never a panic.
-    pub fn handle_segment(&mut self, _now: Instant, _src: Ipv4Addr, _dst: Ipv4Addr, _segment: &[u8]) {
-        todo!()
-    }
-    /// Write the next segment to send into `buf` (at least MSS + 60 bytes).
-    pub fn poll_transmit(&mut self, _now: Instant, _buf: &mut [u8]) -> Option<Transmit> {
-        todo!()
-    }
-    /// The earliest timer deadline, if any.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        todo!()
-    }
-    /// Run every timer whose deadline is at or before `now`.
-    pub fn handle_timeout(&mut self, _now: Instant) {
-        todo!()
-    }
-    /// The next application event.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        todo!()
-    }
-    /// Queue data to send; returns how much was taken (0 when the buffer is full).
-    pub fn send(&mut self, _now: Instant, _conn: ConnId, _data: &[u8]) -> Result<usize, Error> {
-        todo!()
-    }
-    /// Read in-order data. `Ok(0)` means end of stream (peer's FIN);
-    /// `Err(WouldBlock)` means nothing yet.
-    pub fn recv(&mut self, _now: Instant, _conn: ConnId, _buf: &mut [u8]) -> Result<usize, Error> {
-        todo!()
-    }
-    /// No more data from us: FIN after what is queued (half close).
-    pub fn shutdown_write(&mut self, _now: Instant, _conn: ConnId) -> Result<(), Error> {
-        todo!()
-    }
-    /// The application is done with the connection: like `shutdown_write`,
-    /// and the handle is released once the connection reaches CLOSED
-    /// (`Event::Closed` is still delivered).
-    pub fn close(&mut self, _now: Instant, _conn: ConnId) -> Result<(), Error> {
-        todo!()
-    }
-    /// Send RST and drop the connection at once.
-    pub fn abort(&mut self, _now: Instant, _conn: ConnId) -> Result<(), Error> {
-        todo!()
-    }
-    /// Disable (true) or enable (false) Nagle's algorithm.
-    pub fn set_nodelay(&mut self, _conn: ConnId, _nodelay: bool) -> Result<(), Error> {
-        todo!()
-    }
-    /// Keepalive probes after `idle` of silence (None: off, the default).
-    pub fn set_keepalive(&mut self, _conn: ConnId, _idle: Option<Duration>) -> Result<(), Error> {
-        todo!()
-    }
-    /// The state of a connection.
-    pub fn state(&self, _conn: ConnId) -> Option<State> {
-        todo!()
-    }
-    /// The connection table.
-    pub fn connections(&self) -> Vec<ConnInfo> {
-        todo!()
-    }
-    /// Counters of the stack (segments in/out, drops by reason,
-    /// retransmissions, RSTs sent, challenge ACKs, ...), as name/value pairs.
-    pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        todo!()
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mss: 1460,
+            msl: Duration::from_secs(30),
+            fin_wait2_timeout: Duration::from_secs(60),
+            initial_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(200),
+            max_rto: Duration::from_secs(120),
+            max_retries: 15,
+            syn_retries: 6,
+            recv_buffer: 256 * 1024,
+            send_buffer: 1024 * 1024,
+            delayed_ack: Duration::from_millis(40),
+            max_connections: 100_000,
+            challenge_ack_limit: 1000,
+            isn_secret: [0; 16],
+        }
     }
 }
 
@@ -276,7 +227,46 @@ pub struct Transition {
     pub label: &'static str,
 }
 
-/// Every transition the engine can make.
+macro_rules! transitions {
+    ($($from:ident -> $to:ident : $label:literal;)*) => {
+        &[$(Transition { from: State::$from, to: State::$to, label: $label }),*]
+    };
+}
+
+/// Every transition the engine can make (RFC 9293 §3.3.2, Figure 5, plus
+/// the timeouts and resets of §3.10).
 pub fn transitions() -> &'static [Transition] {
-    todo!()
+    transitions! {
+        Closed -> Listen: "passive OPEN";
+        Closed -> SynSent: "active OPEN / snd SYN";
+        Listen -> SynReceived: "rcv SYN / snd SYN,ACK";
+        SynSent -> Established: "rcv SYN,ACK / snd ACK";
+        SynSent -> SynReceived: "rcv SYN (simultaneous open) / snd SYN,ACK";
+        SynSent -> Closed: "rcv RST,ACK / timeout / CLOSE";
+        SynReceived -> Established: "rcv ACK of SYN";
+        SynReceived -> Closed: "rcv RST (passive open) / timeout";
+        SynReceived -> FinWait1: "CLOSE / snd FIN";
+        Established -> FinWait1: "CLOSE / snd FIN";
+        Established -> CloseWait: "rcv FIN / snd ACK";
+        Established -> Closed: "rcv RST / timeout / ABORT";
+        FinWait1 -> FinWait2: "rcv ACK of FIN";
+        FinWait1 -> Closing: "rcv FIN / snd ACK";
+        FinWait1 -> TimeWait: "rcv FIN,ACK of FIN / snd ACK";
+        FinWait1 -> Closed: "rcv RST / timeout / ABORT";
+        FinWait2 -> TimeWait: "rcv FIN / snd ACK";
+        FinWait2 -> Closed: "FIN-WAIT-2 timeout / rcv RST / ABORT";
+        CloseWait -> LastAck: "CLOSE / snd FIN";
+        CloseWait -> Closed: "rcv RST / timeout / ABORT";
+        Closing -> TimeWait: "rcv ACK of FIN";
+        Closing -> Closed: "rcv RST / timeout / ABORT";
+        LastAck -> Closed: "rcv ACK of FIN / rcv RST / timeout";
+        TimeWait -> TimeWait: "rcv FIN / snd ACK, restart 2MSL";
+        TimeWait -> Closed: "2MSL timeout / rcv RST";
+    }
+}
+
+/// Whether the engine's table has the edge (checked on every state change
+/// in debug builds).
+pub(crate) fn is_transition(from: State, to: State) -> bool {
+    from == to || transitions().iter().any(|t| t.from == from && t.to == to)
 }
