@@ -85,6 +85,10 @@ fn classify(ctx: &XdpContext) -> (Verdict, u32) {
     if ip.version() != 4 || ihl < Ipv4Hdr::LEN {
         return (Verdict::PassNotTcp, xdp_action::XDP_PASS);
     }
+    // Summed before anything else is read past the fixed header: a later
+    // check would let LLVM reuse earlier bounds checks the verifier cannot
+    // connect to these accesses.
+    let ip_checksum_ok = pkt.ipv4_header_checksum_ok(EthHdr::LEN, ihl);
     let tcp_off = EthHdr::LEN + ihl;
     let Some(ports) = pkt.header::<[u8; 4]>(tcp_off) else {
         return (Verdict::PassNotTcp, xdp_action::XDP_PASS);
@@ -103,10 +107,13 @@ fn classify(ctx: &XdpContext) -> (Verdict, u32) {
         return (Verdict::DropFragment, drop);
     }
     let total = ip.total_len() as usize;
-    if total < ihl + TcpHdr::LEN || pkt.len() < EthHdr::LEN + total {
+    // A frame shorter than the IP total length shows up as a failed access
+    // in the checksum loops below. (Comparing against the packet length
+    // here would let LLVM drop per-access checks the verifier needs.)
+    if total < ihl + TcpHdr::LEN {
         return (Verdict::DropMalformedIp, drop);
     }
-    if !pkt.ipv4_header_checksum_ok(EthHdr::LEN, ihl) {
+    if !ip_checksum_ok {
         return (Verdict::DropBadIpChecksum, drop);
     }
     let Some(tcp) = pkt.header::<TcpHdr>(tcp_off) else {

@@ -23,10 +23,6 @@ impl<'a> Packet<'a> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.end - self.start
-    }
-
     pub fn rx_queue_index(&self) -> u32 {
         self.ctx.rx_queue_index()
     }
