@@ -11,9 +11,7 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let src = std::env::var_os("TCP_EBPF_OBJ")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            manifest.join("../target/bpfel-unknown-none/release/tcp-ebpf")
-        });
+        .unwrap_or_else(|| manifest.join("../target/bpfel-unknown-none/release/tcp-ebpf"));
     println!("cargo:rerun-if-changed={}", src.display());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("tcp-ebpf.o");
     let bytes = std::fs::read(&src).unwrap_or_default();

@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use tcp_common::{
-    EthHdr, FlowKey, Ipv4Hdr, TcpHdr, Verdict, XdpConfig, ETH_P_IPV4, IPPROTO_TCP,
-    MAX_FLOWS, MAX_LISTEN_PORTS, MAX_QUEUES,
+    EthHdr, FlowKey, Ipv4Hdr, TcpHdr, Verdict, XdpConfig, ETH_P_IPV4, IPPROTO_TCP, MAX_FLOWS,
+    MAX_LISTEN_PORTS, MAX_QUEUES,
 };
 
 use packet::Packet;

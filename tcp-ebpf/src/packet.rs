@@ -81,12 +81,7 @@ impl<'a> Packet<'a> {
             // Safety: the helper copies one byte into our stack buffer and
             // checks the offset against the packet itself.
             let rc = unsafe {
-                bpf_xdp_load_bytes(
-                    self.ctx.ctx,
-                    at as u32,
-                    last.as_mut_ptr() as *mut _,
-                    1,
-                )
+                bpf_xdp_load_bytes(self.ctx.ctx, at as u32, last.as_mut_ptr() as *mut _, 1)
             };
             if rc != 0 {
                 return None;

@@ -106,9 +106,11 @@ impl XskCounters {
 
 /// Number of RX queues of an interface (at least 1).
 pub fn interface_queue_count(ifname: &str) -> anyhow::Result<u32> {
-    let dir = std::path::Path::new("/sys/class/net").join(ifname).join("queues");
-    let entries = std::fs::read_dir(&dir)
-        .with_context(|| format!("interface {ifname} does not exist"))?;
+    let dir = std::path::Path::new("/sys/class/net")
+        .join(ifname)
+        .join("queues");
+    let entries =
+        std::fs::read_dir(&dir).with_context(|| format!("interface {ifname} does not exist"))?;
     let n = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
@@ -172,7 +174,8 @@ impl Ring {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error()).with_context(|| format!("mmap of the {name} ring"));
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("mmap of the {name} ring"));
         }
         let base = p as *mut u8;
         let at = |o: u64| {
@@ -209,11 +212,19 @@ impl Ring {
     fn addr_at(&self, index: u32) -> u64 {
         // Safety: the slot is inside the descriptor array (masked index),
         // 8-byte aligned, and owned by us between the indices we hold.
-        unsafe { (self.descs.as_ptr() as *const u64).add(self.index.slot(index)).read_volatile() }
+        unsafe {
+            (self.descs.as_ptr() as *const u64)
+                .add(self.index.slot(index))
+                .read_volatile()
+        }
     }
     fn set_addr_at(&mut self, index: u32, addr: u64) {
         // Safety: as for `addr_at`; the slot is ours until we publish it.
-        unsafe { (self.descs.as_ptr() as *mut u64).add(self.index.slot(index)).write_volatile(addr) }
+        unsafe {
+            (self.descs.as_ptr() as *mut u64)
+                .add(self.index.slot(index))
+                .write_volatile(addr)
+        }
     }
     fn desc_at(&self, index: u32) -> libc::xdp_desc {
         // Safety: as for `addr_at`, for the 16-byte descriptors of RX/TX.
@@ -341,7 +352,9 @@ impl XskSocket {
             BindMode::Copy => Self::open(ifindex, queue, cfg, true),
             BindMode::ZeroCopy => Self::open(ifindex, queue, cfg, false),
             BindMode::Auto => Self::open(ifindex, queue, cfg, false).or_else(|zc| {
-                tracing::debug!("zero-copy AF_XDP unavailable on {ifname}: {zc:#}; using copy mode");
+                tracing::debug!(
+                    "zero-copy AF_XDP unavailable on {ifname}: {zc:#}; using copy mode"
+                );
                 Self::open(ifindex, queue, cfg, true)
             }),
         }
@@ -393,10 +406,38 @@ impl XskSocket {
         let n = cfg.ring_size;
         let raw_fd = fd.as_raw_fd();
         let desc = std::mem::size_of::<libc::xdp_desc>();
-        let rx = Ring::map(raw_fd, &off.rx, n, desc, libc::XDP_PGOFF_RX_RING as u64, "RX")?;
-        let tx = Ring::map(raw_fd, &off.tx, n, desc, libc::XDP_PGOFF_TX_RING as u64, "TX")?;
-        let mut fill = Ring::map(raw_fd, &off.fr, n, 8, libc::XDP_UMEM_PGOFF_FILL_RING, "fill")?;
-        let comp = Ring::map(raw_fd, &off.cr, n, 8, libc::XDP_UMEM_PGOFF_COMPLETION_RING, "completion")?;
+        let rx = Ring::map(
+            raw_fd,
+            &off.rx,
+            n,
+            desc,
+            libc::XDP_PGOFF_RX_RING as u64,
+            "RX",
+        )?;
+        let tx = Ring::map(
+            raw_fd,
+            &off.tx,
+            n,
+            desc,
+            libc::XDP_PGOFF_TX_RING as u64,
+            "TX",
+        )?;
+        let mut fill = Ring::map(
+            raw_fd,
+            &off.fr,
+            n,
+            8,
+            libc::XDP_UMEM_PGOFF_FILL_RING,
+            "fill",
+        )?;
+        let comp = Ring::map(
+            raw_fd,
+            &off.cr,
+            n,
+            8,
+            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+            "completion",
+        )?;
 
         // Hand the receive half of the UMEM to the kernel before binding.
         let rx_frames = cfg.frame_count / 2;
@@ -410,7 +451,11 @@ impl XskSocket {
             .map(|i| i as u64 * cfg.frame_size as u64)
             .collect();
 
-        let mut flags = if copy { libc::XDP_COPY } else { libc::XDP_ZEROCOPY };
+        let mut flags = if copy {
+            libc::XDP_COPY
+        } else {
+            libc::XDP_ZEROCOPY
+        };
         if cfg.need_wakeup {
             flags |= libc::XDP_USE_NEED_WAKEUP;
         }
@@ -431,7 +476,11 @@ impl XskSocket {
         };
         if rc != 0 {
             let e = io::Error::last_os_error();
-            return Err(e).context(if copy { "bind (copy mode)" } else { "bind (zero-copy mode)" });
+            return Err(e).context(if copy {
+                "bind (copy mode)"
+            } else {
+                "bind (zero-copy mode)"
+            });
         }
         Ok(XskSocket {
             rx,
@@ -478,7 +527,9 @@ impl XskSocket {
         }
         self.rx.local = self.rx.local.wrapping_add(n);
         self.rx.consumer().store(self.rx.local, Ordering::Release);
-        self.fill.producer().store(self.fill.local, Ordering::Release);
+        self.fill
+            .producer()
+            .store(self.fill.local, Ordering::Release);
         self.counters.rx_frames += n as u64;
         n as usize
     }
@@ -551,9 +602,8 @@ impl XskSocket {
             self.tx.producer().store(self.tx.local, Ordering::Release);
             self.tx_pending = 0;
         }
-        let outstanding = |s: &Self| {
-            RingIndex::filled(s.tx.local, s.tx.consumer().load(Ordering::Acquire))
-        };
+        let outstanding =
+            |s: &Self| RingIndex::filled(s.tx.local, s.tx.consumer().load(Ordering::Acquire));
         if outstanding(self) == 0 {
             return;
         }
@@ -598,7 +648,9 @@ impl XskSocket {
         }
         if n > 0 {
             self.comp.local = self.comp.local.wrapping_add(n);
-            self.comp.consumer().store(self.comp.local, Ordering::Release);
+            self.comp
+                .consumer()
+                .store(self.comp.local, Ordering::Release);
         }
     }
 
@@ -719,7 +771,9 @@ mod tests {
             ..XskConfig::default()
         };
         assert!(XskSocket::new("lo", 0, &bad).is_err());
-        let e = XskSocket::new("nosuchif0", 0, &XskConfig::default()).err().unwrap();
+        let e = XskSocket::new("nosuchif0", 0, &XskConfig::default())
+            .err()
+            .unwrap();
         assert!(format!("{e:#}").contains("does not exist"));
         assert!(interface_queue_count("nosuchif0").is_err());
         assert!(interface_queue_count("lo").unwrap() >= 1);

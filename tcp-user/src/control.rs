@@ -140,7 +140,14 @@ pub fn render_table(snap: &serde_json::Value) -> String {
     let _ = writeln!(
         out,
         "{:<12} {:>8} {:>8} {:<22} {:<22} {:>9} {:>9} {:>7}",
-        "State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", "RTT(ms)", "RTO(ms)", "Retrans"
+        "State",
+        "Recv-Q",
+        "Send-Q",
+        "Local Address:Port",
+        "Peer Address:Port",
+        "RTT(ms)",
+        "RTO(ms)",
+        "Retrans"
     );
     let empty = Vec::new();
     let conns = snap["connections"].as_array().unwrap_or(&empty);
@@ -167,14 +174,26 @@ pub fn render_table(snap: &serde_json::Value) -> String {
         }
     }
     out.push('\n');
-    for (title, key) in [("XDP verdicts", "xdp"), ("TCP counters", "counters"), ("Driver", "driver")] {
+    for (title, key) in [
+        ("XDP verdicts", "xdp"),
+        ("TCP counters", "counters"),
+        ("Driver", "driver"),
+    ] {
         if let Some(map) = snap[key].as_object() {
             let nonzero: Vec<String> = map
                 .iter()
                 .filter(|(_, v)| v.as_u64() != Some(0))
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            let _ = writeln!(out, "{title}: {}", if nonzero.is_empty() { "-".to_string() } else { nonzero.join(" ") });
+            let _ = writeln!(
+                out,
+                "{title}: {}",
+                if nonzero.is_empty() {
+                    "-".to_string()
+                } else {
+                    nonzero.join(" ")
+                }
+            );
         }
     }
     if let Some(socks) = snap["afxdp"].as_array() {
@@ -205,7 +224,10 @@ mod tests {
         assert!(t.contains("1.500"), "{t}");
         assert!(t.contains("1 connections: ESTABLISHED 1"), "{t}");
         assert!(t.contains("XDP verdicts: redirected=10"), "{t}");
-        assert!(!t.contains("drop_bad_tcp_checksum"), "zero counters are hidden: {t}");
+        assert!(
+            !t.contains("drop_bad_tcp_checksum"),
+            "zero counters are hidden: {t}"
+        );
     }
 
     #[tokio::test]
@@ -229,7 +251,10 @@ mod tests {
             }
         });
         let p = path.clone();
-        let v = tokio::task::spawn_blocking(move || fetch(&p)).await.unwrap().unwrap();
+        let v = tokio::task::spawn_blocking(move || fetch(&p))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(v["iface"], "veth0");
         assert_eq!(v["states"]["LISTEN"], 3);
         let _ = std::fs::remove_dir_all(dir);

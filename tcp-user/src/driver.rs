@@ -221,7 +221,10 @@ async fn run_async(
         None => available,
         Some(0) => bail!("--queues must be at least 1"),
         Some(n) if n > available => {
-            bail!("--queues {n}: interface {} has only {available} RX queues", iface.name)
+            bail!(
+                "--queues {n}: interface {} has only {available} RX queues",
+                iface.name
+            )
         }
         Some(n) => n,
     };

@@ -70,7 +70,11 @@ struct RunArgs {
 #[derive(clap::Args, Debug)]
 struct StatArgs {
     /// The interface the endpoint runs on (finds its default control socket).
-    #[arg(long, conflicts_with = "control_socket", required_unless_present = "control_socket")]
+    #[arg(
+        long,
+        conflicts_with = "control_socket",
+        required_unless_present = "control_socket"
+    )]
     iface: Option<String>,
     /// The endpoint's control socket.
     #[arg(long)]

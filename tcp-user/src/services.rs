@@ -226,7 +226,10 @@ impl Services {
 /// One line of RFC 867 daytime. The RFC sets no format; this is the
 /// "Weekday, Month Day, Year HH:MM:SS-UTC" form it gives as an example.
 pub fn daytime_line(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86_400) as i64;
     let sod = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
@@ -315,9 +318,15 @@ mod tests {
         );
         // 2026-11-24 13:45:06 UTC
         let t = UNIX_EPOCH + Duration::from_secs(1_795_527_906);
-        assert_eq!(daytime_line(t), "Tuesday, November 24, 2026 13:45:06-UTC\r\n");
+        assert_eq!(
+            daytime_line(t),
+            "Tuesday, November 24, 2026 13:45:06-UTC\r\n"
+        );
         // Leap day.
         let t = UNIX_EPOCH + Duration::from_secs(951_782_400);
-        assert_eq!(daytime_line(t), "Tuesday, February 29, 2000 00:00:00-UTC\r\n");
+        assert_eq!(
+            daytime_line(t),
+            "Tuesday, February 29, 2000 00:00:00-UTC\r\n"
+        );
     }
 }

@@ -47,7 +47,12 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         u16::from_be_bytes([self.b()[i], self.b()[i + 1]])
     }
     fn u32_at(&self, i: usize) -> u32 {
-        u32::from_be_bytes([self.b()[i], self.b()[i + 1], self.b()[i + 2], self.b()[i + 3]])
+        u32::from_be_bytes([
+            self.b()[i],
+            self.b()[i + 1],
+            self.b()[i + 2],
+            self.b()[i + 3],
+        ])
     }
     pub fn src_port(&self) -> u16 {
         self.u16_at(0)
@@ -127,8 +132,13 @@ impl TcpOptions {
                         u32::from_be_bytes([body[4], body[5], body[6], body[7]]),
                     ))
                 }
-                (tcp_option::MSS | tcp_option::WINDOW_SCALE | tcp_option::SACK_PERMITTED
-                | tcp_option::TIMESTAMPS, _) => return Err(WireError::BadOption),
+                (
+                    tcp_option::MSS
+                    | tcp_option::WINDOW_SCALE
+                    | tcp_option::SACK_PERMITTED
+                    | tcp_option::TIMESTAMPS,
+                    _,
+                ) => return Err(WireError::BadOption),
                 _ => {} // unknown option: skipped by its length
             }
             opts = &opts[len..];
@@ -268,9 +278,9 @@ mod tests {
     // options MSS 1460, SACK-permitted, timestamps, NOP, window scale 7,
     // checksum computed independently with Python.
     const SYN: [u8; 40] = [
-        0x9c, 0x40, 0x00, 0x07, 0x01, 0x02, 0x03, 0x04, 0x00, 0x00, 0x00, 0x00, 0xa0, 0x02,
-        0xfa, 0xf0, 0x20, 0x99, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a,
-        0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x03, 0x03, 0x07,
+        0x9c, 0x40, 0x00, 0x07, 0x01, 0x02, 0x03, 0x04, 0x00, 0x00, 0x00, 0x00, 0xa0, 0x02, 0xfa,
+        0xf0, 0x20, 0x99, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, 0x08, 0x0a, 0x00, 0x00,
+        0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x01, 0x03, 0x03, 0x07,
     ];
 
     #[test]
@@ -285,12 +295,15 @@ mod tests {
         assert_eq!(r.options.timestamps, Some((1, 0)));
         assert_eq!(r.options.window_scale, Some(7));
         assert_eq!(r.seg_len(), 1);
-        assert_eq!(tcp_checksum(SRC, DST, &{
-            let mut z = SYN;
-            z[16] = 0;
-            z[17] = 0;
-            z
-        }), 0x2099);
+        assert_eq!(
+            tcp_checksum(SRC, DST, &{
+                let mut z = SYN;
+                z[16] = 0;
+                z[17] = 0;
+                z
+            }),
+            0x2099
+        );
     }
 
     #[test]
@@ -298,16 +311,28 @@ mod tests {
         let mut bad = SYN;
         bad[30] ^= 1;
         assert_eq!(TcpRepr::parse(SRC, DST, &bad), Err(WireError::BadChecksum));
-        assert_eq!(TcpRepr::parse(SRC, DST, &SYN[..19]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            TcpRepr::parse(SRC, DST, &SYN[..19]).unwrap_err(),
+            WireError::Truncated
+        );
         let mut off = SYN;
         off[12] = 0x40;
-        assert_eq!(TcpPacket::new_checked(&off[..]).unwrap_err(), WireError::BadDataOffset);
+        assert_eq!(
+            TcpPacket::new_checked(&off[..]).unwrap_err(),
+            WireError::BadDataOffset
+        );
         off[12] = 0xf0;
-        assert_eq!(TcpPacket::new_checked(&off[..]).unwrap_err(), WireError::BadDataOffset);
+        assert_eq!(
+            TcpPacket::new_checked(&off[..]).unwrap_err(),
+            WireError::BadDataOffset
+        );
         assert_eq!(TcpOptions::parse(&[2, 4, 5]), Err(WireError::BadOption));
         assert_eq!(TcpOptions::parse(&[2, 1]), Err(WireError::BadOption));
         assert_eq!(TcpOptions::parse(&[2, 3, 5]), Err(WireError::BadOption));
-        assert_eq!(TcpOptions::parse(&[99, 2, 1, 0]).unwrap(), TcpOptions::default());
+        assert_eq!(
+            TcpOptions::parse(&[99, 2, 1, 0]).unwrap(),
+            TcpOptions::default()
+        );
     }
 
     #[test]
@@ -321,7 +346,10 @@ mod tests {
             flags: tcp_flags::ACK | tcp_flags::PSH,
             window: 1000,
             urgent: 0,
-            options: TcpOptions { mss: Some(1460), ..Default::default() },
+            options: TcpOptions {
+                mss: Some(1460),
+                ..Default::default()
+            },
             payload,
         };
         let mut buf = [0u8; 64];

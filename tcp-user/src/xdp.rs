@@ -46,7 +46,9 @@ impl FromStr for XdpMode {
             "auto" => Ok(XdpMode::Auto),
             "native" => Ok(XdpMode::Native),
             "generic" => Ok(XdpMode::Generic),
-            _ => Err(format!("unknown XDP mode {s:?} (expected auto, native or generic)")),
+            _ => Err(format!(
+                "unknown XDP mode {s:?} (expected auto, native or generic)"
+            )),
         }
     }
 }
@@ -200,7 +202,10 @@ mod tests {
         assert_eq!("auto".parse::<XdpMode>(), Ok(XdpMode::Auto));
         assert_eq!("native".parse::<XdpMode>(), Ok(XdpMode::Native));
         assert_eq!("generic".parse::<XdpMode>(), Ok(XdpMode::Generic));
-        assert!("skb".parse::<XdpMode>().unwrap_err().contains("unknown XDP mode"));
+        assert!("skb"
+            .parse::<XdpMode>()
+            .unwrap_err()
+            .contains("unknown XDP mode"));
     }
 
     #[test]

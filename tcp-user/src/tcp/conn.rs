@@ -191,7 +191,9 @@ impl Conn {
     /// The receive window we may offer now: free buffer space, at most
     /// 65535 without window scaling.
     fn free_window(&self) -> u32 {
-        self.recv_cap.saturating_sub(self.recv_buf.len()).min(65_535) as u32
+        self.recv_cap
+            .saturating_sub(self.recv_buf.len())
+            .min(65_535) as u32
     }
 
     /// The window to put in an outgoing segment. RFC 9293 §3.8.6.2.2
@@ -283,9 +285,21 @@ impl Conn {
         let our_mss = cfg.mss;
         // SYN or SYN,ACK (re)transmission.
         if matches!(self.state, State::SynSent | State::SynReceived) && self.snd_nxt == self.iss {
-            let flags = if self.state == State::SynSent { SYN } else { SYN | ACK };
-            let ack = if flags & ACK != 0 { self.rcv_nxt } else { SeqNum::default() };
-            let window = if flags & ACK != 0 { self.advertise(our_mss) } else { self.free_window() as u16 };
+            let flags = if self.state == State::SynSent {
+                SYN
+            } else {
+                SYN | ACK
+            };
+            let ack = if flags & ACK != 0 {
+                self.rcv_nxt
+            } else {
+                SeqNum::default()
+            };
+            let window = if flags & ACK != 0 {
+                self.advertise(our_mss)
+            } else {
+                self.free_window() as u16
+            };
             let repr = TcpRepr {
                 src_port: self.tuple.local.port(),
                 dst_port: self.tuple.remote.port(),

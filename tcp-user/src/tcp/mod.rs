@@ -161,7 +161,11 @@ pub enum Event {
     Writable(ConnId),
     /// The connection is finished and its handle released: after a clean
     /// close `error` is None; otherwise it says why (reset, timeout, ...).
-    Closed { conn: ConnId, tuple: FourTuple, error: Option<Error> },
+    Closed {
+        conn: ConnId,
+        tuple: FourTuple,
+        error: Option<Error>,
+    },
 }
 
 /// One row of the connection table, for `tcp-user stat`.
@@ -193,7 +197,6 @@ pub struct Transmit {
     /// Length of the TCP segment written at the start of the buffer.
     pub len: usize,
 }
-
 
 impl Default for Config {
     fn default() -> Self {

@@ -222,7 +222,11 @@ impl Stack {
         c.irs = seg.seq;
         c.rcv_nxt = seg.seq + 1;
         c.rcv_adv = c.rcv_nxt;
-        c.peer_mss = seg.options.mss.unwrap_or(super::conn::DEFAULT_PEER_MSS).max(64);
+        c.peer_mss = seg
+            .options
+            .mss
+            .unwrap_or(super::conn::DEFAULT_PEER_MSS)
+            .max(64);
         c.snd_wnd = seg.window as u32;
         c.max_snd_wnd = c.snd_wnd;
         c.snd_wl1 = seg.seq;
@@ -308,7 +312,11 @@ impl Stack {
         c.irs = seg.seq;
         c.rcv_nxt = seg.seq + 1;
         c.rcv_adv = c.rcv_nxt;
-        c.peer_mss = seg.options.mss.unwrap_or(super::conn::DEFAULT_PEER_MSS).max(64);
+        c.peer_mss = seg
+            .options
+            .mss
+            .unwrap_or(super::conn::DEFAULT_PEER_MSS)
+            .max(64);
         c.snd_wnd = seg.window as u32;
         c.max_snd_wnd = c.snd_wnd;
         c.snd_wl1 = seg.seq;
@@ -373,7 +381,11 @@ impl Stack {
         // TIME-WAIT: "The only thing that can arrive in this state is a
         // retransmission of the remote FIN. Acknowledge it, and restart the
         // 2 MSL timeout."
-        if c.state == State::TimeWait && seg.has(FIN) && !seg.has(RST) && (seg.seq + seg_len) == c.rcv_nxt {
+        if c.state == State::TimeWait
+            && seg.has(FIN)
+            && !seg.has(RST)
+            && (seg.seq + seg_len) == c.rcv_nxt
+        {
             c.ack_now = true;
             c.close_at = Some(now + self.cfg.msl * 2);
             self.after(id);
@@ -459,7 +471,10 @@ impl Stack {
                 let port = c.tuple.local.port();
                 c.known_to_app = true;
                 self.counters.conns_accepted += 1;
-                self.events.push_back(Event::Accepted { conn: id, listener: port });
+                self.events.push_back(Event::Accepted {
+                    conn: id,
+                    listener: port,
+                });
             } else {
                 c.known_to_app = true;
                 self.counters.conns_connected += 1;
@@ -554,7 +569,10 @@ impl Stack {
         // Seventh, process the segment text.
         let mut fin_in_order = seg.has(FIN);
         if !seg.payload.is_empty() {
-            if matches!(c.state, State::Established | State::FinWait1 | State::FinWait2) {
+            if matches!(
+                c.state,
+                State::Established | State::FinWait1 | State::FinWait2
+            ) {
                 // Trim what we already have (the acceptance test kept it
                 // because its end reaches into the window).
                 let skip = c.rcv_nxt.diff(seg.seq).max(0) as usize;
