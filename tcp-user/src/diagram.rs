@@ -33,3 +33,31 @@ pub fn state_diagram_dot() -> String {
     out.push_str("}\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed diagram must be the one the code generates.
+    #[test]
+    fn committed_diagram_matches_the_code() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/tcp-states.dot");
+        let committed = std::fs::read_to_string(path).expect("docs/tcp-states.dot is committed");
+        assert_eq!(
+            committed,
+            state_diagram_dot(),
+            "docs/tcp-states.dot is stale: run `cargo xtask state-diagram`"
+        );
+    }
+
+    #[test]
+    fn every_state_appears() {
+        let dot = state_diagram_dot();
+        for s in [
+            "CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1",
+            "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT",
+        ] {
+            assert!(dot.contains(&format!("\"{s}\"")), "{s} missing from the diagram");
+        }
+    }
+}

@@ -537,6 +537,7 @@ mod tests {
             addr: Ipv4Addr::new(198, 18, 0, 1),
         };
         assert_eq!(i.mss(4096), 1460);
-        assert_eq!(i.mss(2048), 2048 - 256 - 34 - 60);
+        let jumbo = Interface { mtu: 9000, ..i };
+        assert_eq!(jumbo.mss(4096), 4096 - 256 - 34 - 60);
     }
 }

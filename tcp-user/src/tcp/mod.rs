@@ -76,7 +76,9 @@ pub enum State {
     SynSent,
     SynReceived,
     Established,
+    #[serde(rename = "FIN-WAIT-1")]
     FinWait1,
+    #[serde(rename = "FIN-WAIT-2")]
     FinWait2,
     CloseWait,
     Closing,
