@@ -54,10 +54,22 @@ mod tests {
     fn every_state_appears() {
         let dot = state_diagram_dot();
         for s in [
-            "CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1",
-            "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT",
+            "CLOSED",
+            "LISTEN",
+            "SYN-SENT",
+            "SYN-RECEIVED",
+            "ESTABLISHED",
+            "FIN-WAIT-1",
+            "FIN-WAIT-2",
+            "CLOSE-WAIT",
+            "CLOSING",
+            "LAST-ACK",
+            "TIME-WAIT",
         ] {
-            assert!(dot.contains(&format!("\"{s}\"")), "{s} missing from the diagram");
+            assert!(
+                dot.contains(&format!("\"{s}\"")),
+                "{s} missing from the diagram"
+            );
         }
     }
 }

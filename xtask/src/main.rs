@@ -486,7 +486,14 @@ fn test(release: bool) -> Result<()> {
     say("unit, property and simulation tests");
     let ok_unit = run_tests(
         cmd("cargo")
-            .args(["test", "--workspace", "--exclude", "e2e-tests", "--exclude", "tcp-ebpf"])
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "e2e-tests",
+                "--exclude",
+                "tcp-ebpf",
+            ])
             .env("TCP_EBPF_OBJ", ebpf_object())
             .env("TCP_USER_BIN", &bin),
         &mut totals,

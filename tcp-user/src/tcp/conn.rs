@@ -365,6 +365,11 @@ impl Conn {
             && offset + n == self.send_buf.len()
             && self.snd_nxt + n as u32 == self.fin_seq().expect("fin queued");
         if n == 0 && !fin {
+            // RFC 9293 §3.8.6.1: data waits behind a zero window and nothing
+            // is in flight to bring an ACK: arm the persist timer.
+            if unsent > 0 && usable == 0 && !in_flight && self.retx_at.is_none() {
+                self.retx_at = Some(now + self.rto);
+            }
             return self.emit_ack(our_mss, buf);
         }
         let mut flags = ACK;

@@ -22,6 +22,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 mod conn;
 pub mod seq;
 mod stack;
+#[cfg(test)]
+mod tests;
 
 pub use stack::Stack;
 

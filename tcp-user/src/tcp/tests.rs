@@ -1,0 +1,640 @@
+//! Per-state tests of the core: a scripted peer sends hand-made segments
+//! and checks what the stack answers, with time passed in explicitly.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tcp_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
+
+use super::seq::SeqNum;
+use super::*;
+use crate::wire::{TcpOptions, TcpRepr};
+
+const LOCAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const PORT: u16 = 7;
+const RPORT: u16 = 40000;
+const PEER_ISS: u32 = 1_000;
+
+/// What the stack sent, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Out {
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    window: u16,
+    mss: Option<u16>,
+    payload: Vec<u8>,
+    dst_port: u16,
+}
+
+struct Peer {
+    stack: Stack,
+    now: Instant,
+    /// The peer's next sequence number.
+    seq: u32,
+    /// What the peer acknowledges (the stack's next sequence number).
+    ack: u32,
+}
+
+fn config() -> Config {
+    Config {
+        msl: Duration::from_secs(1),
+        fin_wait2_timeout: Duration::from_secs(3),
+        isn_secret: [7; 16],
+        ..Config::default()
+    }
+}
+
+impl Peer {
+    fn new() -> Peer {
+        let mut stack = Stack::new(config());
+        stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+        Peer {
+            stack,
+            now: Instant::from_micros(1_000_000),
+            seq: PEER_ISS,
+            ack: 0,
+        }
+    }
+
+    fn send_raw(&mut self, flags: u8, seq: u32, ack: u32, window: u16, payload: &[u8]) {
+        self.send_full(flags, seq, ack, window, payload, None, PORT);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_full(
+        &mut self,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        window: u16,
+        payload: &[u8],
+        mss: Option<u16>,
+        port: u16,
+    ) {
+        let repr = TcpRepr {
+            src_port: RPORT,
+            dst_port: port,
+            seq: SeqNum::new(seq),
+            ack: SeqNum::new(ack),
+            flags,
+            window,
+            urgent: 0,
+            options: TcpOptions {
+                mss,
+                ..Default::default()
+            },
+            payload,
+        };
+        let mut buf = vec![0u8; repr.header_len() + payload.len()];
+        repr.emit(REMOTE, LOCAL, &mut buf);
+        self.stack.handle_segment(self.now, REMOTE, LOCAL, &buf);
+    }
+
+    /// A segment in sequence from the peer, advancing its sequence number.
+    fn send(&mut self, flags: u8, payload: &[u8]) {
+        let (seq, ack) = (self.seq, self.ack);
+        self.send_raw(flags, seq, ack, 65535, payload);
+        self.seq = self.seq.wrapping_add(
+            payload.len() as u32 + (flags & SYN != 0) as u32 + (flags & FIN != 0) as u32,
+        );
+    }
+
+    fn outputs(&mut self) -> Vec<Out> {
+        let mut v = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Some(t) = self.stack.poll_transmit(self.now, &mut buf) {
+            assert_eq!((t.src, t.dst), (LOCAL, REMOTE));
+            let r = TcpRepr::parse(t.src, t.dst, &buf[..t.len]).expect("valid segment out");
+            v.push(Out {
+                flags: r.flags,
+                seq: r.seq.get(),
+                ack: r.ack.get(),
+                window: r.window,
+                mss: r.options.mss,
+                payload: r.payload.to_vec(),
+                dst_port: r.dst_port,
+            });
+        }
+        v
+    }
+
+    fn one(&mut self) -> Out {
+        let v = self.outputs();
+        assert_eq!(v.len(), 1, "expected one segment, got {v:?}");
+        v.into_iter().next().unwrap()
+    }
+
+    fn events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.stack.poll_event()).collect()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        while let Some(t) = self.stack.poll_timeout() {
+            if t > until {
+                break;
+            }
+            self.now = self.now.max(t);
+            self.stack.handle_timeout(self.now);
+        }
+        self.now = until;
+        self.stack.handle_timeout(self.now);
+    }
+
+    /// Completes a passive open; returns the connection.
+    fn established() -> (Peer, ConnId) {
+        let mut p = Peer::new();
+        p.send_full(SYN, PEER_ISS, 0, 65535, &[], Some(1460), PORT);
+        p.seq = PEER_ISS + 1;
+        let synack = p.one();
+        assert_eq!(synack.flags, SYN | ACK);
+        p.ack = synack.seq.wrapping_add(1);
+        p.send(ACK, &[]);
+        let ev = p.events();
+        let Some(Event::Accepted { conn, listener }) = ev.first().copied() else {
+            panic!("no Accepted in {ev:?}");
+        };
+        assert_eq!(listener, PORT);
+        assert_eq!(p.stack.state(conn), Some(State::Established));
+        (p, conn)
+    }
+
+    fn state(&self, c: ConnId) -> Option<State> {
+        self.stack.state(c)
+    }
+}
+
+#[test]
+fn listen_answers_syn_with_syn_ack_and_mss() {
+    let mut p = Peer::new();
+    p.send_full(SYN, PEER_ISS, 0, 65535, &[], Some(1200), PORT);
+    let o = p.one();
+    assert_eq!(o.flags, SYN | ACK);
+    assert_eq!(o.ack, PEER_ISS + 1);
+    assert_eq!(o.mss, Some(1460));
+    assert_eq!(p.stack.connections()[0].state, State::SynReceived);
+}
+
+#[test]
+fn handshake_accepts_and_data_flows_both_ways() {
+    let (mut p, c) = Peer::established();
+    p.send(ACK | PSH, b"hello");
+    assert_eq!(p.events(), vec![Event::Readable(c)]);
+    let mut buf = [0u8; 16];
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Ok(5));
+    assert_eq!(&buf[..5], b"hello");
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Err(Error::WouldBlock));
+    assert_eq!(p.stack.send(p.now, c, b"world"), Ok(5));
+    let o = p.one();
+    assert_eq!(o.payload, b"world");
+    assert_eq!(o.flags, ACK | PSH);
+    assert_eq!(o.seq, p.ack);
+    assert_eq!(o.ack, p.seq, "data piggybacks the ACK of ours");
+}
+
+#[test]
+fn one_segment_gets_a_delayed_ack_two_get_an_immediate_one() {
+    let (mut p, _c) = Peer::established();
+    p.send(ACK, &[1; 100]);
+    assert!(p.outputs().is_empty(), "first segment: ACK delayed");
+    p.advance(Duration::from_millis(40));
+    let o = p.one();
+    assert_eq!((o.flags, o.ack), (ACK, p.seq));
+    p.send(ACK, &[2; 100]);
+    p.send(ACK, &[3; 100]);
+    let o = p.one();
+    assert_eq!(o.ack, p.seq, "second segment acknowledged at once");
+}
+
+#[test]
+fn duplicate_and_out_of_order_data_is_acked_not_delivered() {
+    let (mut p, c) = Peer::established();
+    let start = p.seq;
+    p.send(ACK, b"abc");
+    p.advance(Duration::from_millis(50));
+    p.outputs();
+    p.events();
+    // The same bytes again: a duplicate ACK, nothing new to read.
+    p.send_raw(ACK, start, p.ack, 65535, b"abc");
+    let o = p.one();
+    assert_eq!(o.ack, start + 3);
+    // A segment beyond a hole: ACK of what we have, not delivered.
+    p.send_raw(ACK, start + 10, p.ack, 65535, b"zzz");
+    assert_eq!(p.one().ack, start + 3);
+    let mut buf = [0u8; 16];
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Ok(3));
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Err(Error::WouldBlock));
+}
+
+#[test]
+fn overlapping_segment_is_trimmed() {
+    let (mut p, c) = Peer::established();
+    let start = p.seq;
+    p.send(ACK, b"abc");
+    p.send_raw(ACK, start + 1, p.ack, 65535, b"bcdef");
+    let mut buf = [0u8; 16];
+    let n = p.stack.recv(p.now, c, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"abcdef");
+}
+
+#[test]
+fn rst_for_segments_without_a_connection() {
+    let mut p = Peer::new();
+    // SYN to a port nobody listens on: <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>
+    p.send_full(SYN, 500, 0, 1000, &[], None, 9999);
+    let o = p.one();
+    assert_eq!(
+        (o.flags, o.seq, o.ack, o.dst_port),
+        (RST | ACK, 0, 501, RPORT)
+    );
+    // An ACK to a listener without a connection: <SEQ=SEG.ACK><CTL=RST>
+    p.send_raw(ACK, 500, 777, 1000, &[]);
+    let o = p.one();
+    assert_eq!((o.flags, o.seq), (RST, 777));
+    // A RST is never answered.
+    p.send_raw(RST, 500, 0, 0, &[]);
+    assert!(p.outputs().is_empty());
+    // Data with no flags at all to a listener: dropped.
+    p.send_raw(0, 500, 0, 0, b"x");
+    assert!(p.outputs().is_empty());
+}
+
+#[test]
+fn syn_received_rst_returns_to_listen() {
+    let mut p = Peer::new();
+    p.send_full(SYN, PEER_ISS, 0, 65535, &[], None, PORT);
+    p.outputs();
+    p.send_raw(RST, PEER_ISS + 1, 0, 0, &[]);
+    assert!(p.stack.connections().is_empty());
+    assert!(p.events().is_empty(), "the application never saw it");
+    // Still listening.
+    p.send_full(SYN, 9_000, 0, 65535, &[], None, PORT);
+    assert_eq!(p.one().flags, SYN | ACK);
+}
+
+#[test]
+fn syn_ack_is_retransmitted_with_backoff_then_given_up() {
+    let mut p = Peer::new();
+    p.send_full(SYN, PEER_ISS, 0, 65535, &[], None, PORT);
+    let first = p.one();
+    p.advance(Duration::from_millis(999));
+    assert!(p.outputs().is_empty());
+    p.advance(Duration::from_millis(1));
+    assert_eq!(p.one(), first, "same SYN,ACK after the initial RTO");
+    p.advance(Duration::from_millis(1999));
+    assert!(p.outputs().is_empty(), "backed off to 2 s");
+    p.advance(Duration::from_millis(1));
+    assert_eq!(p.one(), first);
+    p.advance(Duration::from_secs(600));
+    p.outputs();
+    assert!(
+        p.stack.connections().is_empty(),
+        "gave up after syn_retries"
+    );
+}
+
+#[test]
+fn lost_syn_ack_is_resent_when_the_syn_comes_again() {
+    let mut p = Peer::new();
+    p.send_full(SYN, PEER_ISS, 0, 65535, &[], None, PORT);
+    let first = p.one();
+    p.send_full(SYN, PEER_ISS, 0, 65535, &[], None, PORT);
+    assert_eq!(p.one(), first);
+}
+
+#[test]
+fn passive_close_close_wait_last_ack_closed() {
+    let (mut p, c) = Peer::established();
+    p.send(ACK | FIN, &[]);
+    assert_eq!(p.state(c), Some(State::CloseWait));
+    assert_eq!(p.one().ack, p.seq, "FIN acknowledged");
+    assert_eq!(p.events(), vec![Event::Readable(c)]);
+    let mut buf = [0u8; 4];
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Ok(0), "EOF");
+    p.stack.close(p.now, c).unwrap();
+    assert_eq!(p.state(c), Some(State::LastAck));
+    let fin = p.one();
+    assert_eq!(fin.flags, ACK | FIN);
+    p.ack = fin.seq + 1;
+    p.send(ACK, &[]);
+    assert_eq!(p.state(c), None);
+    assert!(matches!(
+        p.events()[..],
+        [Event::Closed { error: None, .. }]
+    ));
+}
+
+#[test]
+fn active_close_fin_wait_1_2_time_wait_closed() {
+    let (mut p, c) = Peer::established();
+    p.stack.close(p.now, c).unwrap();
+    assert_eq!(p.state(c), Some(State::FinWait1));
+    let fin = p.one();
+    assert_eq!(fin.flags, ACK | FIN);
+    p.ack = fin.seq + 1;
+    p.send(ACK, &[]);
+    assert_eq!(p.state(c), Some(State::FinWait2));
+    p.send(ACK | FIN, &[]);
+    assert_eq!(p.state(c), Some(State::TimeWait));
+    assert_eq!(p.one().ack, p.seq);
+    // A retransmitted FIN in TIME-WAIT is acknowledged again and restarts 2 MSL.
+    p.advance(Duration::from_millis(1500));
+    assert_eq!(p.state(c), Some(State::TimeWait));
+    p.send_raw(ACK | FIN, p.seq - 1, p.ack, 65535, &[]);
+    assert_eq!(p.one().ack, p.seq);
+    p.advance(Duration::from_millis(1999));
+    assert_eq!(p.state(c), Some(State::TimeWait), "timer restarted");
+    p.advance(Duration::from_millis(1));
+    assert_eq!(p.state(c), None, "gone after 2 MSL");
+    assert!(p
+        .events()
+        .iter()
+        .any(|e| matches!(e, Event::Closed { error: None, .. })));
+}
+
+#[test]
+fn fin_wait_1_straight_to_time_wait_on_fin_ack() {
+    let (mut p, c) = Peer::established();
+    p.stack.close(p.now, c).unwrap();
+    let fin = p.one();
+    p.ack = fin.seq + 1;
+    p.send(ACK | FIN, &[]);
+    assert_eq!(p.state(c), Some(State::TimeWait));
+}
+
+#[test]
+fn simultaneous_close_goes_through_closing() {
+    let (mut p, c) = Peer::established();
+    p.stack.close(p.now, c).unwrap();
+    let fin = p.one();
+    // The peer's FIN crosses ours: it does not acknowledge our FIN.
+    p.send_raw(ACK | FIN, p.seq, fin.seq, 65535, &[]);
+    p.seq += 1;
+    assert_eq!(p.state(c), Some(State::Closing));
+    p.ack = fin.seq + 1;
+    p.send(ACK, &[]);
+    assert_eq!(p.state(c), Some(State::TimeWait));
+}
+
+#[test]
+fn fin_wait_2_times_out_once_the_application_closed() {
+    let (mut p, c) = Peer::established();
+    p.stack.close(p.now, c).unwrap();
+    let fin = p.one();
+    p.ack = fin.seq + 1;
+    p.send(ACK, &[]);
+    assert_eq!(p.state(c), Some(State::FinWait2));
+    p.advance(Duration::from_millis(2999));
+    assert_eq!(p.state(c), Some(State::FinWait2));
+    p.advance(Duration::from_millis(1));
+    assert_eq!(p.state(c), None);
+}
+
+#[test]
+fn rst_handling_follows_rfc_5961() {
+    // Out of window: ignored.
+    let (mut p, c) = Peer::established();
+    p.send_raw(RST, p.seq.wrapping_add(1_000_000), 0, 0, &[]);
+    assert!(p.outputs().is_empty());
+    assert_eq!(p.state(c), Some(State::Established));
+    // In window but not exact: challenge ACK, connection stays.
+    p.send_raw(RST, p.seq + 10, 0, 0, &[]);
+    let o = p.one();
+    assert_eq!((o.flags, o.ack), (ACK, p.seq));
+    assert_eq!(p.state(c), Some(State::Established));
+    // Exactly RCV.NXT: reset.
+    p.send_raw(RST, p.seq, 0, 0, &[]);
+    assert_eq!(p.state(c), None);
+    assert!(matches!(
+        p.events()[..],
+        [
+            ..,
+            Event::Closed {
+                error: Some(Error::Reset),
+                ..
+            }
+        ]
+    ));
+}
+
+#[test]
+fn syn_in_a_synchronized_state_gets_a_challenge_ack() {
+    let (mut p, c) = Peer::established();
+    p.send_raw(SYN, 12345, 0, 65535, &[]);
+    let o = p.one();
+    assert_eq!((o.flags, o.ack), (ACK, p.seq));
+    assert_eq!(p.state(c), Some(State::Established));
+}
+
+#[test]
+fn ack_of_unsent_data_is_answered_and_dropped() {
+    let (mut p, c) = Peer::established();
+    p.send_raw(ACK, p.seq, p.ack + 1000, 65535, b"data");
+    let o = p.one();
+    assert_eq!((o.flags, o.seq), (ACK, p.ack));
+    let mut buf = [0u8; 8];
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Err(Error::WouldBlock));
+}
+
+#[test]
+fn the_peer_window_and_mss_are_respected() {
+    let mut p = Peer::new();
+    p.send_full(SYN, PEER_ISS, 0, 3000, &[], Some(1000), PORT);
+    p.seq = PEER_ISS + 1;
+    let synack = p.one();
+    p.ack = synack.seq + 1;
+    p.send_raw(ACK, p.seq, p.ack, 3000, &[]);
+    let Some(Event::Accepted { conn: c, .. }) = p.events().first().copied() else {
+        panic!()
+    };
+    assert_eq!(p.stack.send(p.now, c, &[9; 10_000]), Ok(10_000));
+    let segs = p.outputs();
+    assert_eq!(
+        segs.iter().map(|s| s.payload.len()).collect::<Vec<_>>(),
+        vec![1000, 1000, 1000],
+        "peer MSS 1000, window 3000"
+    );
+    // Window opens after an ACK.
+    p.send_raw(ACK, p.seq, p.ack + 3000, 2000, &[]);
+    let segs = p.outputs();
+    assert_eq!(segs.iter().map(|s| s.payload.len()).sum::<usize>(), 2000);
+}
+
+#[test]
+fn unacknowledged_data_is_retransmitted_then_the_connection_times_out() {
+    let (mut p, c) = Peer::established();
+    p.stack.send(p.now, c, b"lost").unwrap();
+    let first = p.one();
+    p.advance(Duration::from_secs(1));
+    let again = p.outputs();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].payload, first.payload);
+    assert_eq!(p.stack.connections()[0].retransmits, 1);
+    p.advance(Duration::from_secs(3600));
+    p.outputs();
+    assert_eq!(p.state(c), None);
+    assert!(p.events().iter().any(|e| matches!(
+        e,
+        Event::Closed {
+            error: Some(Error::TimedOut),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn zero_window_is_probed_and_reopened() {
+    let (mut p, c) = Peer::established();
+    p.send_raw(ACK, p.seq, p.ack, 0, &[]);
+    p.stack.send(p.now, c, b"waiting").unwrap();
+    assert!(p.outputs().is_empty(), "nothing goes into a zero window");
+    p.advance(Duration::from_secs(1));
+    let probe = p.one();
+    assert_eq!(probe.payload.len(), 1, "one-byte window probe");
+    // The peer took the probe byte and opens its window.
+    p.send_raw(ACK, p.seq, p.ack + 1, 1000, &[]);
+    let rest: usize = p.outputs().iter().map(|s| s.payload.len()).sum();
+    assert_eq!(rest, 6, "the rest once the window opened");
+    assert_eq!(p.state(c), Some(State::Established));
+}
+
+#[test]
+fn reading_reopens_a_full_receive_window() {
+    let cfg = Config {
+        recv_buffer: 4096,
+        ..config()
+    };
+    let mut p = Peer::new();
+    p.stack = Stack::new(cfg);
+    p.stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+    p.send_full(SYN, PEER_ISS, 0, 65535, &[], Some(1460), PORT);
+    p.seq = PEER_ISS + 1;
+    let synack = p.one();
+    assert_eq!(synack.window, 4096);
+    p.ack = synack.seq + 1;
+    p.send(ACK, &[]);
+    let Some(Event::Accepted { conn: c, .. }) = p.events().first().copied() else {
+        panic!()
+    };
+    p.send(ACK, &[1; 2048]);
+    p.send(ACK, &[2; 2048]);
+    let o = p.outputs();
+    assert_eq!(o.last().unwrap().window, 0, "buffer full");
+    let mut buf = [0u8; 4096];
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Ok(4096));
+    let upd = p.one();
+    assert_eq!(upd.window, 4096, "window update after reading");
+}
+
+#[test]
+fn active_open_and_simultaneous_open() {
+    // Plain active open.
+    let mut p = Peer::new();
+    let local = SocketAddrV4::new(LOCAL, 5000);
+    let remote = SocketAddrV4::new(REMOTE, RPORT);
+    let c = p.stack.connect(p.now, local, remote).unwrap();
+    let syn = p.one();
+    assert_eq!(syn.flags, SYN);
+    assert_eq!(p.state(c), Some(State::SynSent));
+    p.send_full(
+        SYN | ACK,
+        PEER_ISS,
+        syn.seq + 1,
+        65535,
+        &[],
+        Some(1460),
+        5000,
+    );
+    assert_eq!(p.state(c), Some(State::Established));
+    assert_eq!(p.events(), vec![Event::Connected(c)]);
+    assert_eq!(p.one().ack, PEER_ISS + 1);
+
+    // Simultaneous open: a SYN crosses ours.
+    let mut p = Peer::new();
+    let c = p.stack.connect(p.now, local, remote).unwrap();
+    let syn = p.one();
+    p.send_full(SYN, PEER_ISS, 0, 65535, &[], None, 5000);
+    assert_eq!(p.state(c), Some(State::SynReceived));
+    let synack = p.one();
+    assert_eq!(
+        (synack.flags, synack.seq, synack.ack),
+        (SYN | ACK, syn.seq, PEER_ISS + 1)
+    );
+    p.send_full(ACK, PEER_ISS + 1, syn.seq + 1, 65535, &[], None, 5000);
+    assert_eq!(p.state(c), Some(State::Established));
+    assert_eq!(p.events(), vec![Event::Connected(c)]);
+}
+
+#[test]
+fn refused_active_open() {
+    let mut p = Peer::new();
+    let c = p
+        .stack
+        .connect(
+            p.now,
+            SocketAddrV4::new(LOCAL, 5000),
+            SocketAddrV4::new(REMOTE, RPORT),
+        )
+        .unwrap();
+    let syn = p.one();
+    p.send_full(RST | ACK, 0, syn.seq + 1, 0, &[], None, 5000);
+    assert_eq!(p.state(c), None);
+    assert!(matches!(
+        p.events()[..],
+        [Event::Closed {
+            error: Some(Error::Refused),
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn isns_differ_per_tuple_and_secret() {
+    let mut a = Peer::new();
+    a.send_full(SYN, 1, 0, 65535, &[], None, PORT);
+    let s1 = a.one().seq;
+    let mut b = Peer::new();
+    b.stack = Stack::new(Config {
+        isn_secret: [8; 16],
+        ..config()
+    });
+    b.stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+    b.send_full(SYN, 1, 0, 65535, &[], None, PORT);
+    assert_ne!(s1, b.one().seq);
+}
+
+#[test]
+fn close_with_unread_data_resets() {
+    let (mut p, c) = Peer::established();
+    p.send(ACK, b"unread");
+    p.stack.close(p.now, c).unwrap();
+    let o = p.outputs();
+    assert!(o.iter().any(|s| s.flags & RST != 0), "{o:?}");
+    assert_eq!(p.state(c), None);
+}
+
+proptest! {
+    /// Whatever arrives, in whatever state, the core does not panic.
+    #[test]
+    fn random_segments_never_panic(
+        segs in proptest::collection::vec(
+            (any::<u8>(), any::<u32>(), any::<u32>(), any::<u16>(), proptest::collection::vec(any::<u8>(), 0..64)),
+            1..40),
+        raw in proptest::collection::vec(any::<u8>(), 0..80),
+    ) {
+        let (mut p, c) = Peer::established();
+        p.stack.handle_segment(p.now, REMOTE, LOCAL, &raw);
+        for (i, (flags, seq, ack, win, payload)) in segs.into_iter().enumerate() {
+            // Half the time near the real sequence numbers, to reach deep.
+            let (seq, ack) = if i % 2 == 0 { (p.seq.wrapping_add(seq % 64), p.ack.wrapping_add(ack % 64)) } else { (seq, ack) };
+            p.send_raw(flags, seq, ack, win, &payload);
+            p.outputs();
+            p.events();
+            if i == 5 { let _ = p.stack.close(p.now, c); }
+            p.advance(Duration::from_millis(300));
+        }
+    }
+}
