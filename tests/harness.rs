@@ -69,6 +69,11 @@ impl Topology {
     /// `name` must be short (it goes into interface names); `subnet` picks
     /// 198.18.<subnet>.0/24.
     pub fn new(name: &str, subnet: u8) -> Topology {
+        Topology::with_queues(name, subnet, 1)
+    }
+
+    /// Like [`new`](Self::new) with `queues` RX/TX queues on each veth end.
+    pub fn with_queues(name: &str, subnet: u8, queues: u32) -> Topology {
         must_be_root();
         assert!(
             name.len() <= 8,
@@ -85,9 +90,29 @@ impl Topology {
         t.remove();
         sh(&["ip", "netns", "add", &t.ep_ns]);
         sh(&["ip", "netns", "add", &t.cl_ns]);
+        let q = queues.to_string();
         sh(&[
-            "ip", "link", "add", &t.ep_if, "netns", &t.ep_ns, "type", "veth", "peer", "name",
-            &t.cl_if, "netns", &t.cl_ns,
+            "ip",
+            "link",
+            "add",
+            &t.ep_if,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
+            "netns",
+            &t.ep_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &t.cl_if,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
+            "netns",
+            &t.cl_ns,
         ]);
         sh(&[
             "ip",

@@ -82,6 +82,36 @@ fn echo_64_concurrent_connections() {
 }
 
 #[test]
+fn one_socket_per_rx_queue() {
+    let topo = Topology::with_queues("mq", 18, 2);
+    let ep = Endpoint::start(&topo, &[]);
+    let addr = SocketAddrV4::new(topo.ep_addr, 7);
+    let handles: Vec<_> = (0..32u64)
+        .map(|i| {
+            topo.spawn_in_client(move || {
+                let data = pattern(500 + i, 64 * 1024);
+                echo_round_trip(addr, data.clone()) == data
+            })
+        })
+        .collect();
+    for h in handles {
+        assert!(h.join().unwrap(), "a connection's echo differed");
+    }
+    let stat = ep.stat();
+    let sockets = stat["afxdp"].as_array().unwrap();
+    assert_eq!(sockets.len(), 2, "one AF_XDP socket per RX queue");
+    for s in sockets {
+        assert!(
+            s["engine"]["rx_frames"].as_u64().unwrap() > 0,
+            "queue {} received nothing: {stat:#}",
+            s["queue"]
+        );
+        assert_eq!(s["kernel"]["rx_dropped"], 0);
+    }
+    assert_eq!(stat["xdp"]["drop_no_socket"], 0);
+}
+
+#[test]
 fn discard_accepts_16mib_and_close_completes() {
     let topo = Topology::new("disc", 12);
     let ep = Endpoint::start(&topo, &[]);

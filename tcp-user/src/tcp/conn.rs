@@ -56,6 +56,10 @@ pub(crate) struct Conn {
     pub recv_buf: VecDeque<u8>,
     pub recv_cap: usize,
     pub peer_fin: bool,
+    /// Segments beyond a hole, sorted by sequence number, held until the
+    /// hole fills; their total stays within the receive window.
+    pub out_of_order: Vec<(SeqNum, Vec<u8>)>,
+    pub out_of_order_bytes: usize,
 
     // Timers and the RTT estimator.
     pub rto: Duration,
@@ -118,6 +122,8 @@ impl Conn {
             recv_buf: VecDeque::new(),
             recv_cap: cfg.recv_buffer,
             peer_fin: false,
+            out_of_order: Vec::new(),
+            out_of_order_bytes: 0,
             rto: cfg.initial_rto,
             srtt: None,
             rttvar: Duration::ZERO,
@@ -214,6 +220,58 @@ impl Conn {
         let right = self.rcv_nxt + self.free_window();
         let step = (self.recv_cap / 2).min(our_mss as usize).max(1) as i32;
         right.diff(self.rcv_adv) >= step
+    }
+
+    /// Keeps data that arrived beyond a hole; false if it could not be kept
+    /// (outside the window, or the queue is at its bound).
+    pub fn hold_out_of_order(&mut self, seq: SeqNum, data: &[u8]) -> bool {
+        const MAX_SEGMENTS: usize = 512;
+        let right = self.rcv_nxt + self.rcv_wnd();
+        let room = self.recv_cap.saturating_sub(self.recv_buf.len());
+        if !seq.gt(self.rcv_nxt) || !seq.lt(right) || self.out_of_order.len() >= MAX_SEGMENTS {
+            return false;
+        }
+        let len = (right.diff(seq) as usize).min(data.len());
+        if self.out_of_order_bytes + len > room {
+            return false;
+        }
+        if self
+            .out_of_order
+            .iter()
+            .any(|(s, d)| *s == seq && d.len() >= len)
+        {
+            return true; // a duplicate of what we hold
+        }
+        let at = self
+            .out_of_order
+            .iter()
+            .position(|(s, _)| s.gt(seq))
+            .unwrap_or(self.out_of_order.len());
+        self.out_of_order.insert(at, (seq, data[..len].to_vec()));
+        self.out_of_order_bytes += len;
+        true
+    }
+
+    /// Moves held data that became contiguous into the receive buffer;
+    /// true if any did.
+    pub fn drain_out_of_order(&mut self) -> bool {
+        let mut moved = false;
+        while let Some((seq, _)) = self.out_of_order.first() {
+            if seq.gt(self.rcv_nxt) {
+                break;
+            }
+            let (seq, data) = self.out_of_order.remove(0);
+            self.out_of_order_bytes -= data.len();
+            let skip = self.rcv_nxt.diff(seq) as usize;
+            if skip < data.len() {
+                let room = self.recv_cap.saturating_sub(self.recv_buf.len());
+                let take = (data.len() - skip).min(room);
+                self.recv_buf.extend(&data[skip..skip + take]);
+                self.rcv_nxt += take as u32;
+                moved |= take > 0;
+            }
+        }
+        moved
     }
 
     /// The receive window as the acceptance test sees it.

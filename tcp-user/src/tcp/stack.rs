@@ -39,6 +39,7 @@ counters! {
     drop_no_listener,
     drop_not_acceptable,
     drop_out_of_order,
+    out_of_order_held,
     drop_table_full,
     drop_bad_flags,
     conns_accepted,
@@ -580,10 +581,17 @@ impl Stack {
                     let data = &seg.payload[skip.min(seg.payload.len())..];
                     let room = c.recv_cap.saturating_sub(c.recv_buf.len());
                     let take = data.len().min(room).min(c.rcv_wnd() as usize);
+                    let mut filled_gap = false;
                     if take > 0 {
                         c.recv_buf.extend(&data[..take]);
                         c.rcv_nxt += take as u32;
+                        filled_gap = c.drain_out_of_order();
                         self.events.push_back(Event::Readable(id));
+                    }
+                    if filled_gap {
+                        // RFC 5681 §4.2: a segment that fills a gap is
+                        // acknowledged at once.
+                        c.ack_now = true;
                     }
                     if take < data.len() {
                         // Window full: what did not fit comes again later.
@@ -601,9 +609,15 @@ impl Stack {
                         }
                     }
                 } else {
-                    // Out of order: tell the sender what we expect (a
-                    // duplicate ACK) and let it retransmit.
-                    self.counters.drop_out_of_order += 1;
+                    // Out of order (RFC 9293 §3.10.7.4: "segments with higher
+                    // beginning sequence numbers SHOULD be held for later
+                    // processing"): keep it, bounded by the window, and send
+                    // a duplicate ACK saying what we expect.
+                    if c.hold_out_of_order(seg.seq, seg.payload) {
+                        self.counters.out_of_order_held += 1;
+                    } else {
+                        self.counters.drop_out_of_order += 1;
+                    }
                     fin_in_order = false;
                     c.ack_now = true;
                 }

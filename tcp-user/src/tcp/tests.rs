@@ -230,6 +230,22 @@ fn duplicate_and_out_of_order_data_is_acked_not_delivered() {
 }
 
 #[test]
+fn out_of_order_data_is_held_and_delivered_in_order() {
+    let (mut p, c) = Peer::established();
+    let start = p.seq;
+    p.send_raw(ACK, start + 6, p.ack, 65535, b"ghi");
+    p.send_raw(ACK, start + 3, p.ack, 65535, b"def");
+    // Duplicate ACKs say what is still missing.
+    assert!(p.outputs().iter().all(|o| o.ack == start));
+    let mut buf = [0u8; 16];
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Err(Error::WouldBlock));
+    p.send_raw(ACK, start, p.ack, 65535, b"abc");
+    assert_eq!(p.one().ack, start + 9, "gap filled: immediate ACK of all");
+    let n = p.stack.recv(p.now, c, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"abcdefghi");
+}
+
+#[test]
 fn overlapping_segment_is_trimmed() {
     let (mut p, c) = Peer::established();
     let start = p.seq;
