@@ -213,11 +213,14 @@ impl Services {
         }
     }
 
+    /// Daytime's active close: a full close, not a half-close, so that a
+    /// peer that never closes its side cannot hold the connection in
+    /// FIN-WAIT-2 for ever (the FIN-WAIT-2 timeout applies).
     fn close(&mut self, stack: &mut Stack, now: Instant, conn: ConnId) {
         if let Some(app) = self.conns.get_mut(&conn) {
             if !app.closed {
                 app.closed = true;
-                let _ = stack.shutdown_write(now, conn);
+                let _ = stack.close(now, conn);
             }
         }
     }
