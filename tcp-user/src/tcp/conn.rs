@@ -86,7 +86,18 @@ pub(crate) struct Conn {
     pub nodelay: bool,
     pub keepalive: Option<Duration>,
     pub retransmits: u64,
+    /// When the last segment arrived (keepalive idles from here).
+    pub last_recv: Instant,
+    pub keepalive_at: Option<Instant>,
+    pub keepalive_probes: u32,
+    pub keepalive_probe_due: bool,
 }
+
+/// Keepalive probes sent without an answer before the connection is
+/// declared dead (Linux's tcp_keepalive_probes).
+pub const KEEPALIVE_PROBES: u32 = 9;
+/// Longest gap between keepalive probes (Linux's tcp_keepalive_intvl).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(75);
 
 /// What the stack should count after an `emit`.
 #[derive(Default)]
@@ -141,7 +152,44 @@ impl Conn {
             nodelay: false,
             keepalive: None,
             retransmits: 0,
+            last_recv: Instant::ZERO,
+            keepalive_at: None,
+            keepalive_probes: 0,
+            keepalive_probe_due: false,
         }
+    }
+
+    /// Re-arms the keepalive timer after activity (RFC 1122 §4.2.3.6: probes
+    /// only after an idle interval, which MUST default to no less than two
+    /// hours; here it is off unless the application sets it).
+    pub fn rearm_keepalive(&mut self) {
+        self.keepalive_probes = 0;
+        self.keepalive_at = self.keepalive.map(|idle| self.last_recv + idle);
+    }
+
+    /// The keepalive timer fired: Err when the peer has not answered
+    /// `KEEPALIVE_PROBES` probes.
+    pub fn on_keepalive_timeout(&mut self, now: Instant) -> Result<(), Error> {
+        let Some(idle) = self.keepalive else {
+            self.keepalive_at = None;
+            return Ok(());
+        };
+        let interval = idle.min(KEEPALIVE_INTERVAL);
+        // Only an idle, synchronized connection is probed; one with data in
+        // flight has the retransmission timer watching it.
+        if !matches!(self.state, State::Established | State::CloseWait)
+            || self.snd_una != self.snd_max
+        {
+            self.keepalive_at = Some(now + interval);
+            return Ok(());
+        }
+        if self.keepalive_probes >= KEEPALIVE_PROBES {
+            return Err(Error::TimedOut);
+        }
+        self.keepalive_probes += 1;
+        self.keepalive_probe_due = true;
+        self.keepalive_at = Some(now + interval);
+        Ok(())
     }
 
     pub fn set_state(&mut self, to: State) {
@@ -169,7 +217,7 @@ impl Conn {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.retx_at, self.ack_at, self.close_at]
+        [self.retx_at, self.ack_at, self.close_at, self.keepalive_at]
             .into_iter()
             .flatten()
             .min()
@@ -385,6 +433,26 @@ impl Conn {
             self.ack_now = false;
             self.ack_at = None;
             return Some(repr.emit(src, dst, buf));
+        }
+        if self.keepalive_probe_due {
+            // RFC 1122 §4.2.3.6: a probe is a segment with SEG.SEQ = SND.NXT-1
+            // and no data; the peer answers it with an ACK.
+            self.keepalive_probe_due = false;
+            if buf.len() >= 20 {
+                let window = self.advertise(our_mss);
+                let repr = TcpRepr {
+                    src_port: self.tuple.local.port(),
+                    dst_port: self.tuple.remote.port(),
+                    seq: self.snd_nxt - 1,
+                    ack: self.rcv_nxt,
+                    flags: ACK,
+                    window,
+                    urgent: 0,
+                    options: TcpOptions::default(),
+                    payload: &[],
+                };
+                return Some(repr.emit(src, dst, buf));
+            }
         }
         if !self.syn_acked() && !matches!(self.state, State::TimeWait) {
             // SYN-RECEIVED waiting for the ACK of our SYN: only ACKs go out.

@@ -49,6 +49,26 @@ counters! {
     conns_timed_out,
 }
 
+/// RFC 9293 §3.10.7.4, the four cases of the acceptance test:
+///
+/// | Segment length | Receive window | Test                                       |
+/// |----------------|----------------|--------------------------------------------|
+/// | 0              | 0              | SEG.SEQ = RCV.NXT                          |
+/// | 0              | >0             | RCV.NXT =< SEG.SEQ < RCV.NXT+RCV.WND       |
+/// | >0             | 0              | not acceptable                             |
+/// | >0             | >0             | the first or the last byte in the window   |
+pub(crate) fn segment_acceptable(rcv_nxt: SeqNum, wnd: u32, seq: SeqNum, seg_len: u32) -> bool {
+    match (seg_len, wnd) {
+        (0, 0) => seq == rcv_nxt,
+        (0, _) => seq.in_range(rcv_nxt, rcv_nxt + wnd),
+        (_, 0) => false,
+        (_, _) => {
+            seq.in_range(rcv_nxt, rcv_nxt + wnd)
+                || (seq + seg_len - 1).in_range(rcv_nxt, rcv_nxt + wnd)
+        }
+    }
+}
+
 /// A reset to send for a segment that matched no connection.
 struct PendingRst {
     tuple: FourTuple,
@@ -121,6 +141,7 @@ impl Stack {
         let mut c = Conn::new(id, tuple, State::Closed, iss, &self.cfg);
         c.set_state(State::SynSent);
         c.known_to_app = true;
+        c.last_recv = now;
         self.conns.insert(id, c);
         self.by_tuple.insert(tuple, id);
         self.after(id);
@@ -219,6 +240,7 @@ impl Stack {
         let iss = self.isn(now, &tuple);
         let mut c = Conn::new(id, tuple, State::Listen, iss, &self.cfg);
         c.passive = true;
+        c.last_recv = now;
         c.set_state(State::SynReceived);
         c.irs = seg.seq;
         c.rcv_nxt = seg.seq + 1;
@@ -395,15 +417,7 @@ impl Stack {
 
         // First, check sequence number: the four cases.
         let wnd = c.rcv_wnd();
-        let acceptable = match (seg_len, wnd) {
-            (0, 0) => seg.seq == c.rcv_nxt,
-            (0, _) => seg.seq.in_range(c.rcv_nxt, c.rcv_nxt + wnd),
-            (_, 0) => false,
-            (_, _) => {
-                seg.seq.in_range(c.rcv_nxt, c.rcv_nxt + wnd)
-                    || (seg.seq + seg_len - 1).in_range(c.rcv_nxt, c.rcv_nxt + wnd)
-            }
-        };
+        let acceptable = segment_acceptable(c.rcv_nxt, wnd, seg.seq, seg_len);
         // "If the RCV.WND is zero, no segments will be acceptable, but
         // special allowance should be made to accept valid ACKs, URGs, and
         // RSTs": a zero-window probe still carries a usable ACK.
@@ -417,6 +431,11 @@ impl Stack {
                 self.after(id);
             }
             return;
+        }
+
+        c.last_recv = now;
+        if c.keepalive.is_some() {
+            c.rearm_keepalive();
         }
 
         // Second, check the RST bit (RFC 5961 §3.2): exactly RCV.NXT resets;
@@ -788,6 +807,13 @@ impl Stack {
                     continue;
                 }
             }
+            if c.keepalive_at.is_some_and(|d| d <= now) {
+                if let Err(e) = c.on_keepalive_timeout(now) {
+                    self.counters.conns_timed_out += 1;
+                    self.remove(id, Some(e));
+                    continue;
+                }
+            }
             if c.ack_at.is_some_and(|d| d <= now) {
                 c.ack_at = None;
                 c.ack_now = true;
@@ -920,6 +946,8 @@ impl Stack {
     pub fn set_keepalive(&mut self, conn: ConnId, idle: Option<Duration>) -> Result<(), Error> {
         let c = self.conns.get_mut(&conn).ok_or(Error::NotFound)?;
         c.keepalive = idle;
+        c.rearm_keepalive();
+        self.after(conn);
         Ok(())
     }
 

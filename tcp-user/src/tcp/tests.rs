@@ -623,6 +623,46 @@ fn isns_differ_per_tuple_and_secret() {
 }
 
 #[test]
+fn keepalive_probes_an_idle_peer_and_gives_up() {
+    let (mut p, c) = Peer::established();
+    assert!(p.outputs().is_empty());
+    // Off by default: a long silence sends nothing.
+    p.advance(Duration::from_secs(3 * 3600));
+    assert!(p.outputs().is_empty());
+    p.send(ACK, &[]);
+    p.stack
+        .set_keepalive(c, Some(Duration::from_secs(10)))
+        .unwrap();
+    p.advance(Duration::from_secs(10));
+    let probe = p.one();
+    assert_eq!(
+        (probe.flags, probe.seq, probe.payload.len()),
+        (ACK, p.ack - 1, 0)
+    );
+    // The peer answers: the connection lives on, the timer restarts.
+    p.send(ACK, &[]);
+    p.advance(Duration::from_secs(9));
+    assert!(p.outputs().is_empty());
+    p.advance(Duration::from_secs(1));
+    assert_eq!(p.one().seq, p.ack - 1);
+    // Silence now: 9 probes, then the connection is declared dead.
+    for _ in 0..8 {
+        p.advance(Duration::from_secs(10));
+        assert_eq!(p.outputs().len(), 1);
+    }
+    assert_eq!(p.state(c), Some(State::Established));
+    p.advance(Duration::from_secs(10));
+    assert_eq!(p.state(c), None);
+    assert!(p.events().iter().any(|e| matches!(
+        e,
+        Event::Closed {
+            error: Some(Error::TimedOut),
+            ..
+        }
+    )));
+}
+
+#[test]
 fn close_with_unread_data_resets() {
     let (mut p, c) = Peer::established();
     p.send(ACK, b"unread");
@@ -633,6 +673,28 @@ fn close_with_unread_data_resets() {
 }
 
 proptest! {
+    /// The acceptance test against a model in unwrapped 64-bit offsets,
+    /// anywhere in the sequence space (including across 2^32).
+    #[test]
+    fn acceptance_matches_a_model(
+        base in any::<u32>(),
+        wnd in prop_oneof![Just(0u32), 1u32..70_000],
+        off in -200_000i64..200_000,
+        len in prop_oneof![Just(0u32), 1u32..3_000],
+    ) {
+        let rcv_nxt = SeqNum::new(base);
+        let seq = SeqNum::new((base as i64 + off).rem_euclid(1 << 32) as u32);
+        let (w, l) = (wnd as i64, len as i64);
+        let in_window = |x: i64| 0 <= x && x < w;
+        let model = match (len, wnd) {
+            (0, 0) => off == 0,
+            (0, _) => in_window(off),
+            (_, 0) => false,
+            _ => in_window(off) || in_window(off + l - 1),
+        };
+        prop_assert_eq!(stack::segment_acceptable(rcv_nxt, wnd, seq, len), model);
+    }
+
     /// Whatever arrives, in whatever state, the core does not panic.
     #[test]
     fn random_segments_never_panic(
