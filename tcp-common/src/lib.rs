@@ -477,8 +477,10 @@ mod tests {
 
     #[test]
     fn fragments_are_recognised() {
-        let mut ip = Ipv4Hdr::default();
-        ip.frag_off = 0x2000u16.to_be_bytes();
+        let mut ip = Ipv4Hdr {
+            frag_off: 0x2000u16.to_be_bytes(),
+            ..Ipv4Hdr::default()
+        };
         assert!(ip.is_fragment());
         ip.frag_off = 0x0001u16.to_be_bytes();
         assert!(ip.is_fragment());

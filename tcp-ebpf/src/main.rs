@@ -148,9 +148,7 @@ fn owned(ip: &Ipv4Hdr, src_port: u16, dst_port: u16) -> bool {
     if local_ip != [0; 4] && local_ip != ip.dst {
         return false;
     }
-    // Safety (of the map API, not ours): `get` returns a reference into the
-    // map; we only test for presence.
-    if unsafe { LISTEN_PORTS.get(&dst_port) }.is_some() {
+    if LISTEN_PORTS.get_ptr(&dst_port).is_some() {
         return true;
     }
     let key = FlowKey {

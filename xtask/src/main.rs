@@ -204,7 +204,7 @@ fn setup() -> Result<()> {
         status(cmd("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     // bpf-linker, linked against rustc's own LLVM
-    let have = output(&mut cmd("bpf-linker").arg("--version")).unwrap_or_default();
+    let have = output(cmd("bpf-linker").arg("--version")).unwrap_or_default();
     if !have.contains(BPF_LINKER_VERSION) {
         install_bpf_linker()?;
     }

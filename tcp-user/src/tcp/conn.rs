@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use tcp_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
+use tcp_common::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
 
 use super::seq::SeqNum;
 use super::{is_transition, Config, ConnId, ConnInfo, Error, FourTuple, Instant, State};
@@ -83,6 +83,9 @@ pub(crate) struct Conn {
     pub queued: bool,
 
     pub want_writable: bool,
+    /// Send urgent pointer: the sequence number just past the last urgent
+    /// byte (RFC 6093), while it is not yet acknowledged.
+    pub snd_up: Option<SeqNum>,
     pub nodelay: bool,
     pub keepalive: Option<Duration>,
     pub retransmits: u64,
@@ -149,6 +152,7 @@ impl Conn {
             scheduled: None,
             queued: false,
             want_writable: false,
+            snd_up: None,
             nodelay: false,
             keepalive: None,
             retransmits: 0,
@@ -335,7 +339,7 @@ impl Conn {
                 self.rttvar = r / 2;
             }
             Some(srtt) => {
-                let delta = if srtt > r { srtt - r } else { r - srtt };
+                let delta = srtt.abs_diff(r);
                 self.rttvar = self.rttvar * 3 / 4 + delta / 4;
                 self.srtt = Some(srtt * 7 / 8 + r / 8);
             }
@@ -505,6 +509,15 @@ impl Conn {
         if n > 0 && offset + n == self.send_buf.len() {
             flags |= PSH;
         }
+        // RFC 9293 §3.8.5 / RFC 6093: while urgent data is ahead, every
+        // segment carries URG and the offset to the byte after it.
+        let mut urgent = 0;
+        if let Some(up) = self.snd_up {
+            if up.gt(self.snd_nxt) {
+                flags |= URG;
+                urgent = up.diff(self.snd_nxt).min(65_535) as u16;
+            }
+        }
         let window = self.advertise(our_mss);
         let repr = TcpRepr {
             src_port: self.tuple.local.port(),
@@ -513,7 +526,7 @@ impl Conn {
             ack: self.rcv_nxt,
             flags,
             window,
-            urgent: 0,
+            urgent,
             options: TcpOptions::default(),
             payload: &[],
         };

@@ -101,7 +101,7 @@ mod tests {
             prop_assert!(!b.lt(a));
             prop_assert!(a.le(a) && a.ge(a));
             prop_assert_eq!(b.diff(a), d as i32);
-            prop_assert_eq!((b - d), a);
+            prop_assert_eq!(b - d, a);
             prop_assert_eq!(a.max(b), b);
         }
 

@@ -519,6 +519,9 @@ impl Stack {
             c.send_buf.drain(..data_acked);
             c.buf_seq += data_acked as u32;
             c.snd_una = seg.ack;
+            if c.snd_up.is_some_and(|up| up.le(seg.ack)) {
+                c.snd_up = None;
+            }
             if c.snd_nxt.lt(c.snd_una) {
                 c.snd_nxt = c.snd_una;
             }
@@ -846,6 +849,19 @@ impl Stack {
         }
         if n > 0 {
             self.after(conn);
+        }
+        Ok(n)
+    }
+
+    /// Queues urgent data (RFC 9293 §3.8.5): sent like any data, with URG
+    /// and the urgent pointer set until it is acknowledged. Receivers
+    /// deliver it inline (RFC 6093). Returns how much fit; the pointer
+    /// covers only what fit.
+    pub fn send_urgent(&mut self, now: Instant, conn: ConnId, data: &[u8]) -> Result<usize, Error> {
+        let n = self.send(now, conn, data)?;
+        if n > 0 {
+            let c = self.conns.get_mut(&conn).expect("send succeeded");
+            c.snd_up = Some(c.buf_seq + c.send_buf.len() as u32);
         }
         Ok(n)
     }

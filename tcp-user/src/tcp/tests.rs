@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tcp_common::tcp_flags::{ACK, FIN, PSH, RST, SYN};
+use tcp_common::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
 
 use super::seq::SeqNum;
 use super::*;
@@ -660,6 +660,135 @@ fn keepalive_probes_an_idle_peer_and_gives_up() {
             ..
         }
     )));
+}
+
+#[test]
+fn urgent_data_is_flagged_out_and_delivered_inline_in() {
+    let (mut p, c) = Peer::established();
+    // Incoming URG: the bytes arrive in sequence, nothing is lost.
+    let (seq, ack) = (p.seq, p.ack);
+    let repr = TcpRepr {
+        src_port: RPORT,
+        dst_port: PORT,
+        seq: SeqNum::new(seq),
+        ack: SeqNum::new(ack),
+        flags: ACK | URG | PSH,
+        window: 65535,
+        urgent: 3,
+        options: TcpOptions::default(),
+        payload: b"abc!",
+    };
+    let mut buf = [0u8; 64];
+    let n = repr.emit(REMOTE, LOCAL, &mut buf);
+    p.stack.handle_segment(p.now, REMOTE, LOCAL, &buf[..n]);
+    p.seq += 4;
+    let mut out = [0u8; 8];
+    let n = p.stack.recv(p.now, c, &mut out).unwrap();
+    assert_eq!(&out[..n], b"abc!");
+    // Outgoing: URG with the pointer past the last urgent byte.
+    p.stack.send_urgent(p.now, c, b"!!").unwrap();
+    let o = p.outputs();
+    let last = o.last().unwrap();
+    assert_eq!(last.flags & URG, URG);
+    assert_eq!(last.payload, b"!!");
+    p.stack.send(p.now, c, b"more").unwrap();
+    p.send_raw(ACK, p.seq, last.seq + 2, 65535, &[]);
+    let o = p.outputs();
+    assert!(
+        o.iter().all(|s| s.flags & URG == 0),
+        "urgent data acknowledged: {o:?}"
+    );
+}
+
+#[test]
+fn nagle_holds_small_segments_unless_nodelay() {
+    let (mut p, c) = Peer::established();
+    p.stack.send(p.now, c, b"a").unwrap();
+    assert_eq!(p.outputs().len(), 1, "nothing in flight: goes at once");
+    p.stack.send(p.now, c, b"b").unwrap();
+    assert!(
+        p.outputs().is_empty(),
+        "Nagle: held while 'a' is unacknowledged"
+    );
+    p.stack.set_nodelay(c, true).unwrap();
+    assert_eq!(p.one().payload, b"b", "no-delay sends it");
+}
+
+#[test]
+fn syn_on_a_time_wait_tuple_with_a_higher_sequence_reopens() {
+    let (mut p, c) = Peer::established();
+    p.stack.close(p.now, c).unwrap();
+    let fin = p.one();
+    p.ack = fin.seq + 1;
+    p.send(ACK | FIN, &[]);
+    p.outputs();
+    assert_eq!(p.state(c), Some(State::TimeWait));
+    // An old duplicate SYN (lower sequence): answered with an ACK only.
+    p.send_raw(SYN, PEER_ISS, 0, 65535, &[]);
+    assert_eq!(p.one().flags, ACK);
+    assert_eq!(p.state(c), Some(State::TimeWait));
+    // A new incarnation (higher sequence): a new connection.
+    p.send_raw(SYN, p.seq + 100_000, 0, 65535, &[]);
+    assert_eq!(p.one().flags, SYN | ACK);
+    assert_eq!(p.state(c), None);
+    assert_eq!(p.stack.connections()[0].state, State::SynReceived);
+}
+
+#[test]
+fn hostile_flag_combinations() {
+    let mut p = Peer::new();
+    // SYN+FIN and SYN+RST to a listener: dropped silently.
+    p.send_raw(SYN | FIN, 5, 0, 100, &[]);
+    p.send_raw(SYN | RST, 5, 0, 100, &[]);
+    assert!(p.outputs().is_empty());
+    assert!(p.stack.connections().is_empty());
+    // No flags at all in ESTABLISHED: dropped (no ACK bit), nothing delivered.
+    let (mut p, c) = Peer::established();
+    p.send_raw(0, p.seq, 0, 100, b"noflags");
+    let mut buf = [0u8; 16];
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Err(Error::WouldBlock));
+    // SYN+RST in ESTABLISHED at RCV.NXT: the RST wins, the connection resets.
+    p.send_raw(SYN | RST, p.seq, 0, 100, &[]);
+    assert_eq!(p.state(c), None);
+}
+
+#[test]
+fn timers_scale_to_100k_connections() {
+    let mut stack = Stack::new(config());
+    stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+    let now = Instant::from_micros(1_000_000);
+    let mut buf = [0u8; 128];
+    for i in 0..100_000u32 {
+        let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i / 50_000);
+        let repr = TcpRepr {
+            src_port: 1024 + (i % 50_000) as u16,
+            dst_port: PORT,
+            seq: SeqNum::new(i),
+            ack: SeqNum::new(0),
+            flags: SYN,
+            window: 65535,
+            urgent: 0,
+            options: TcpOptions::default(),
+            payload: &[],
+        };
+        let n = repr.emit(src, LOCAL, &mut buf);
+        stack.handle_segment(now, src, LOCAL, &buf[..n]);
+    }
+    let mut sent = 0;
+    while stack.poll_transmit(now, &mut buf).is_some() {
+        sent += 1;
+    }
+    assert_eq!(sent, 100_000);
+    assert_eq!(stack.connections().len(), 100_000);
+    // One deadline for all of them; firing it retransmits every SYN,ACK.
+    let t = stack.poll_timeout().unwrap();
+    assert_eq!(t, now + Duration::from_secs(1));
+    stack.handle_timeout(t);
+    let mut again = 0;
+    while stack.poll_transmit(t, &mut buf).is_some() {
+        again += 1;
+    }
+    assert_eq!(again, 100_000);
 }
 
 #[test]
