@@ -253,6 +253,7 @@ pub fn transitions() -> &'static [Transition] {
         SynReceived -> Established: "rcv ACK of SYN";
         SynReceived -> Closed: "rcv RST (passive open) / timeout";
         SynReceived -> FinWait1: "CLOSE / snd FIN";
+        SynReceived -> CloseWait: "rcv ACK of SYN with FIN / snd ACK";
         Established -> FinWait1: "CLOSE / snd FIN";
         Established -> CloseWait: "rcv FIN / snd ACK";
         Established -> Closed: "rcv RST / timeout / ABORT";

@@ -845,3 +845,178 @@ proptest! {
         }
     }
 }
+
+/// Fixtures: a connection driven into each state.
+fn in_state(target: State) -> (Peer, ConnId) {
+    match target {
+        State::SynSent => {
+            let mut p = Peer::new();
+            let c = p
+                .stack
+                .connect(
+                    p.now,
+                    SocketAddrV4::new(LOCAL, PORT),
+                    SocketAddrV4::new(REMOTE, RPORT),
+                )
+                .unwrap();
+            let syn = p.one();
+            p.ack = syn.seq + 1;
+            (p, c)
+        }
+        State::SynReceived => {
+            let mut p = Peer::new();
+            p.send_full(SYN, PEER_ISS, 0, 65535, &[], None, PORT);
+            p.seq = PEER_ISS + 1;
+            let synack = p.one();
+            p.ack = synack.seq + 1;
+            let c = ConnId(p.stack.connections()[0].id);
+            (p, c)
+        }
+        State::Established => Peer::established(),
+        State::FinWait1 => {
+            let (mut p, c) = Peer::established();
+            p.stack.close(p.now, c).unwrap();
+            p.one(); // our FIN, unacknowledged: p.ack stays before it
+            (p, c)
+        }
+        State::FinWait2 => {
+            let (mut p, c) = in_state(State::FinWait1);
+            p.ack += 1;
+            p.send(ACK, &[]);
+            (p, c)
+        }
+        State::CloseWait => {
+            let (mut p, c) = Peer::established();
+            p.send(ACK | FIN, &[]);
+            p.outputs();
+            (p, c)
+        }
+        State::Closing => {
+            let (mut p, c) = in_state(State::FinWait1);
+            p.send(ACK | FIN, &[]);
+            p.outputs();
+            (p, c)
+        }
+        State::LastAck => {
+            let (mut p, c) = in_state(State::CloseWait);
+            p.stack.close(p.now, c).unwrap();
+            p.one();
+            (p, c)
+        }
+        State::TimeWait => {
+            let (mut p, c) = in_state(State::FinWait2);
+            p.send(ACK | FIN, &[]);
+            p.outputs();
+            (p, c)
+        }
+        State::Listen | State::Closed => unreachable!("no connection in these"),
+    }
+}
+
+/// Every state against every kind of segment: the state reached is one the
+/// transition table allows, and the RFC's per-kind rules hold.
+#[test]
+fn every_state_against_every_kind_of_segment() {
+    let states = [
+        State::SynSent,
+        State::SynReceived,
+        State::Established,
+        State::FinWait1,
+        State::FinWait2,
+        State::CloseWait,
+        State::Closing,
+        State::LastAck,
+        State::TimeWait,
+    ];
+    #[derive(Debug, Clone, Copy)]
+    enum Kind {
+        Syn,
+        SynAck,
+        Ack,
+        Data,
+        Fin,
+        RstInWindow,
+        RstExact,
+        RstOutOfWindow,
+        DataOutOfWindow,
+    }
+    let kinds = [
+        Kind::Syn,
+        Kind::SynAck,
+        Kind::Ack,
+        Kind::Data,
+        Kind::Fin,
+        Kind::RstInWindow,
+        Kind::RstExact,
+        Kind::RstOutOfWindow,
+        Kind::DataOutOfWindow,
+    ];
+    for &st in &states {
+        for &kind in &kinds {
+            let (mut p, c) = in_state(st);
+            assert_eq!(p.state(c), Some(st), "fixture for {st:?}");
+            p.events();
+            let (seq, ack) = (p.seq, p.ack);
+            match kind {
+                Kind::Syn => p.send_raw(SYN, seq.wrapping_sub(5000), 0, 65535, &[]),
+                Kind::SynAck => p.send_raw(SYN | ACK, seq.wrapping_sub(5000), ack, 65535, &[]),
+                Kind::Ack => p.send_raw(ACK, seq, ack, 65535, &[]),
+                Kind::Data => p.send_raw(ACK, seq, ack, 65535, b"data"),
+                Kind::Fin => p.send_raw(ACK | FIN, seq, ack, 65535, &[]),
+                Kind::RstInWindow => p.send_raw(RST, seq + 100, 0, 0, &[]),
+                Kind::RstExact => p.send_raw(RST | ACK, seq, ack, 0, &[]),
+                Kind::RstOutOfWindow => p.send_raw(RST, seq.wrapping_add(1 << 30), 0, 0, &[]),
+                Kind::DataOutOfWindow => {
+                    p.send_raw(ACK, seq.wrapping_add(1 << 30), ack, 65535, b"far")
+                }
+            }
+            let out = p.outputs();
+            let after = p.state(c).unwrap_or(State::Closed);
+            let what = format!("{st:?} + {kind:?} -> {after:?}, sent {out:?}");
+            assert!(is_transition(st, after), "not in the table: {what}");
+            match kind {
+                // Out-of-window RSTs and data never change anything (RFC 5961).
+                Kind::RstOutOfWindow | Kind::DataOutOfWindow => {
+                    assert_eq!(after, st, "{what}");
+                    assert!(out.iter().all(|o| o.flags & RST == 0), "{what}");
+                }
+                // An in-window RST that is not exact: challenge ACK at most.
+                Kind::RstInWindow => {
+                    if st != State::SynSent {
+                        assert_eq!(after, st, "{what}");
+                    }
+                    assert!(out.iter().all(|o| o.flags == ACK), "{what}");
+                }
+                Kind::RstExact => {
+                    if st != State::SynSent {
+                        assert_eq!(after, State::Closed, "{what}");
+                    }
+                }
+                // A SYN in a synchronized state never resets or reopens it
+                // (except a new incarnation on TIME-WAIT, not this old one).
+                Kind::Syn | Kind::SynAck => {
+                    if !matches!(st, State::SynSent | State::SynReceived) {
+                        assert_eq!(after, st, "{what}");
+                        assert!(out.iter().all(|o| o.flags & (RST | SYN) == 0), "{what}");
+                    }
+                }
+                Kind::Fin => {
+                    let want = match st {
+                        State::Established | State::SynReceived => State::CloseWait,
+                        State::FinWait1 => State::Closing,
+                        State::FinWait2 => State::TimeWait,
+                        other => other,
+                    };
+                    if st != State::SynSent {
+                        assert_eq!(after, want, "{what}");
+                    }
+                }
+                Kind::Ack | Kind::Data => {
+                    if !matches!(st, State::SynSent | State::SynReceived) {
+                        assert_eq!(after, st, "{what}");
+                    }
+                }
+            }
+        }
+    }
+}
