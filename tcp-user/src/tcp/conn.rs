@@ -1,9 +1,20 @@
-//! One connection's transmission control block and what it sends.
+//! One connection: its state as a type per RFC 9293 state, each holding
+//! only what is valid in that state, and the transitions between them as
+//! functions that consume one state and return the next.
 //!
-//! The receive-side rules (which segment changes what) live in
-//! `stack.rs`, next to the RFC 9293 §3.10.7 text they implement; this file
-//! owns the sending side: which segment goes out next, retransmission and
-//! the RTT estimator (RFC 6298).
+//! - [`Send`]: the send sequence space, buffer and retransmission timer,
+//!   from our SYN until our FIN is acknowledged.
+//! - [`Recv`]: the receive sequence space, buffer and ACK obligations, from
+//!   the peer's SYN on.
+//!
+//! SYN-SENT has no `Recv` (nothing received yet); FIN-WAIT-2 and TIME-WAIT
+//! have no `Send` (everything we sent is acknowledged, so there is nothing
+//! to retransmit); TIME-WAIT knows when it ends.
+//!
+//! The receive-side rules (which segment changes what) live in `stack.rs`
+//! next to the RFC 9293 §3.10.7 text they implement; this file owns the
+//! sending side: which segment goes out next, retransmission and the RTT
+//! estimator (RFC 6298).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -17,19 +28,14 @@ use crate::wire::{fill_checksum, TcpOptions, TcpRepr};
 /// The MSS assumed when the peer sends none (RFC 9293 §3.7.1, MUST-15).
 pub const DEFAULT_PEER_MSS: u16 = 536;
 
-pub(crate) struct Conn {
-    pub id: ConnId,
-    pub tuple: FourTuple,
-    pub state: State,
-    /// The application holds a handle (it got Accepted/Connected, or called
-    /// connect): it is told when the connection ends.
-    pub known_to_app: bool,
-    /// Opened by a SYN to a listener (a reset returns it to LISTEN).
-    pub passive: bool,
-    /// The application called close(): nothing more will be read.
-    pub app_closed: bool,
+/// Keepalive probes sent without an answer before the connection is
+/// declared dead (Linux's tcp_keepalive_probes).
+pub const KEEPALIVE_PROBES: u32 = 9;
+/// Longest gap between keepalive probes (Linux's tcp_keepalive_intvl).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(75);
 
-    // Send sequence space (RFC 9293 §3.3.1).
+/// The send side (RFC 9293 §3.3.1, send sequence variables).
+pub(crate) struct Send {
     pub iss: SeqNum,
     pub snd_una: SeqNum,
     pub snd_nxt: SeqNum,
@@ -47,21 +53,9 @@ pub(crate) struct Conn {
     pub send_cap: usize,
     /// The application finished writing: a FIN follows the last byte.
     pub fin_queued: bool,
-
-    // Receive sequence space.
-    pub irs: SeqNum,
-    pub rcv_nxt: SeqNum,
-    /// Right edge of the window we advertised; never moves left.
-    pub rcv_adv: SeqNum,
-    pub recv_buf: VecDeque<u8>,
-    pub recv_cap: usize,
-    pub peer_fin: bool,
-    /// Segments beyond a hole, sorted by sequence number, held until the
-    /// hole fills; their total stays within the receive window.
-    pub out_of_order: Vec<(SeqNum, Vec<u8>)>,
-    pub out_of_order_bytes: usize,
-
-    // Timers and the RTT estimator.
+    /// Send urgent pointer: the sequence number just past the last urgent
+    /// byte (RFC 6093), while it is not yet acknowledged.
+    pub snd_up: Option<SeqNum>,
     pub rto: Duration,
     pub srtt: Option<Duration>,
     pub rttvar: Duration,
@@ -69,54 +63,14 @@ pub(crate) struct Conn {
     pub rtt_probe: Option<(SeqNum, Instant)>,
     pub retx_at: Option<Instant>,
     pub retries: u32,
-    /// Zero window with data waiting: the next retransmission timeout sends
-    /// a one-byte probe instead (RFC 9293 §3.8.6.1).
+    /// Zero window with data waiting: the next timeout sends a one-byte
+    /// probe instead (RFC 9293 §3.8.6.1).
     pub probe_pending: bool,
-    pub ack_at: Option<Instant>,
-    pub ack_now: bool,
-    pub unacked_segs: u32,
-    /// End of TIME-WAIT or of an orphaned FIN-WAIT-2.
-    pub close_at: Option<Instant>,
-    /// The deadline currently in the stack's timer heap.
-    pub scheduled: Option<Instant>,
-    /// In the stack's transmit queue.
-    pub queued: bool,
-
-    pub want_writable: bool,
-    /// Send urgent pointer: the sequence number just past the last urgent
-    /// byte (RFC 6093), while it is not yet acknowledged.
-    pub snd_up: Option<SeqNum>,
-    pub nodelay: bool,
-    pub keepalive: Option<Duration>,
-    pub retransmits: u64,
-    /// When the last segment arrived (keepalive idles from here).
-    pub last_recv: Instant,
-    pub keepalive_at: Option<Instant>,
-    pub keepalive_probes: u32,
-    pub keepalive_probe_due: bool,
 }
 
-/// Keepalive probes sent without an answer before the connection is
-/// declared dead (Linux's tcp_keepalive_probes).
-pub const KEEPALIVE_PROBES: u32 = 9;
-/// Longest gap between keepalive probes (Linux's tcp_keepalive_intvl).
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(75);
-
-/// What the stack should count after an `emit`.
-#[derive(Default)]
-pub(crate) struct EmitStats {
-    pub retransmit: bool,
-}
-
-impl Conn {
-    pub fn new(id: ConnId, tuple: FourTuple, state: State, iss: SeqNum, cfg: &Config) -> Conn {
-        Conn {
-            id,
-            tuple,
-            state,
-            known_to_app: false,
-            passive: false,
-            app_closed: false,
+impl Send {
+    pub fn new(iss: SeqNum, cfg: &Config) -> Send {
+        Send {
             iss,
             snd_una: iss,
             snd_nxt: iss,
@@ -130,14 +84,7 @@ impl Conn {
             buf_seq: iss + 1,
             send_cap: cfg.send_buffer,
             fin_queued: false,
-            irs: SeqNum::default(),
-            rcv_nxt: SeqNum::default(),
-            rcv_adv: SeqNum::default(),
-            recv_buf: VecDeque::new(),
-            recv_cap: cfg.recv_buffer,
-            peer_fin: false,
-            out_of_order: Vec::new(),
-            out_of_order_bytes: 0,
+            snd_up: None,
             rto: cfg.initial_rto,
             srtt: None,
             rttvar: Duration::ZERO,
@@ -145,86 +92,16 @@ impl Conn {
             retx_at: None,
             retries: 0,
             probe_pending: false,
-            ack_at: None,
-            ack_now: false,
-            unacked_segs: 0,
-            close_at: None,
-            scheduled: None,
-            queued: false,
-            want_writable: false,
-            snd_up: None,
-            nodelay: false,
-            keepalive: None,
-            retransmits: 0,
-            last_recv: Instant::ZERO,
-            keepalive_at: None,
-            keepalive_probes: 0,
-            keepalive_probe_due: false,
         }
     }
 
-    /// Re-arms the keepalive timer after activity (RFC 1122 §4.2.3.6: probes
-    /// only after an idle interval, which MUST default to no less than two
-    /// hours; here it is off unless the application sets it).
-    pub fn rearm_keepalive(&mut self) {
-        self.keepalive_probes = 0;
-        self.keepalive_at = self.keepalive.map(|idle| self.last_recv + idle);
-    }
-
-    /// The keepalive timer fired: Err when the peer has not answered
-    /// `KEEPALIVE_PROBES` probes.
-    pub fn on_keepalive_timeout(&mut self, now: Instant) -> Result<(), Error> {
-        let Some(idle) = self.keepalive else {
-            self.keepalive_at = None;
-            return Ok(());
-        };
-        let interval = idle.min(KEEPALIVE_INTERVAL);
-        // Only an idle, synchronized connection is probed; one with data in
-        // flight has the retransmission timer watching it.
-        if !matches!(self.state, State::Established | State::CloseWait)
-            || self.snd_una != self.snd_max
-        {
-            self.keepalive_at = Some(now + interval);
-            return Ok(());
-        }
-        if self.keepalive_probes >= KEEPALIVE_PROBES {
-            return Err(Error::TimedOut);
-        }
-        self.keepalive_probes += 1;
-        self.keepalive_probe_due = true;
-        self.keepalive_at = Some(now + interval);
-        Ok(())
-    }
-
-    pub fn set_state(&mut self, to: State) {
-        debug_assert!(
-            is_transition(self.state, to),
-            "{:?} -> {:?} is not in the transition table",
-            self.state,
-            to
-        );
-        self.state = to;
-    }
-
-    pub fn info(&self) -> ConnInfo {
-        ConnInfo {
-            id: self.id.0,
-            local: self.tuple.local,
-            remote: self.tuple.remote,
-            state: self.state,
-            send_queue: self.send_buf.len(),
-            recv_queue: self.recv_buf.len(),
-            srtt_us: self.srtt.map_or(0, |d| d.as_micros() as u64),
-            rto_us: self.rto.as_micros() as u64,
-            retransmits: self.retransmits,
-        }
-    }
-
-    pub fn next_deadline(&self) -> Option<Instant> {
-        [self.retx_at, self.ack_at, self.close_at, self.keepalive_at]
-            .into_iter()
-            .flatten()
-            .min()
+    /// Takes what the peer's SYN tells the sender: its window and MSS.
+    pub fn learn_from_syn(&mut self, seg: &TcpRepr<'_>) {
+        self.peer_mss = seg.options.mss.unwrap_or(DEFAULT_PEER_MSS).max(64);
+        self.snd_wnd = seg.window as u32;
+        self.max_snd_wnd = self.snd_wnd;
+        self.snd_wl1 = seg.seq;
+        self.snd_wl2 = seg.ack;
     }
 
     pub fn syn_acked(&self) -> bool {
@@ -241,17 +118,161 @@ impl Conn {
         self.fin_seq().is_some_and(|f| self.snd_una.gt(f))
     }
 
-    /// Free space in the send buffer.
     pub fn send_space(&self) -> usize {
         self.send_cap.saturating_sub(self.send_buf.len())
     }
 
-    /// The receive window we may offer now: free buffer space, at most
-    /// 65535 without window scaling.
+    /// Bytes in the send buffer not sent yet (beyond snd_nxt).
+    pub fn unsent(&self) -> usize {
+        let offset = self.snd_nxt.diff(self.buf_seq).max(0) as usize;
+        self.send_buf.len().saturating_sub(offset)
+    }
+
+    /// RFC 6298 §2.2–2.3: a new RTT measurement R.
+    pub fn rtt_sample(&mut self, r: Duration, cfg: &Config) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(srtt) => {
+                let delta = srtt.abs_diff(r);
+                self.rttvar = self.rttvar * 3 / 4 + delta / 4;
+                self.srtt = Some(srtt * 7 / 8 + r / 8);
+            }
+        }
+        let g = Duration::from_millis(1);
+        let rto = self.srtt.unwrap_or(r) + (self.rttvar * 4).max(g);
+        self.rto = rto.clamp(cfg.min_rto, cfg.max_rto);
+    }
+
+    /// RFC 9293 §3.10.7.4, fifth step, for an ACK with SND.UNA < SEG.ACK
+    /// =< SND.NXT: "set SND.UNA <- SEG.ACK. Any segments on the
+    /// retransmission queue that are thereby entirely acknowledged are
+    /// removed." Returns true if it acknowledged anything new.
+    pub fn on_ack(&mut self, now: Instant, ack: SeqNum, cfg: &Config) -> bool {
+        if !ack.gt(self.snd_una) {
+            return false;
+        }
+        let data_acked = ack.diff(self.buf_seq).clamp(0, self.send_buf.len() as i32) as usize;
+        self.send_buf.drain(..data_acked);
+        self.buf_seq += data_acked as u32;
+        self.snd_una = ack;
+        if self.snd_up.is_some_and(|up| up.le(ack)) {
+            self.snd_up = None;
+        }
+        if self.snd_nxt.lt(self.snd_una) {
+            self.snd_nxt = self.snd_una;
+        }
+        if let Some((s, t)) = self.rtt_probe {
+            if ack.ge(s) {
+                self.rtt_probe = None;
+                self.rtt_sample(now.saturating_duration_since(t), cfg);
+            }
+        }
+        self.retries = 0;
+        // RFC 6298 §5.2–5.3: all acknowledged → stop the timer, else restart it.
+        self.retx_at = (self.snd_una != self.snd_max).then(|| now + self.rto);
+        true
+    }
+
+    /// "If SND.UNA =< SEG.ACK =< SND.NXT, the send window should be updated.
+    /// If (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)),
+    /// set SND.WND <- SEG.WND, set SND.WL1 <- SEG.SEQ, and set SND.WL2 <-
+    /// SEG.ACK."
+    pub fn update_window(&mut self, now: Instant, seg: &TcpRepr<'_>) {
+        if self.snd_una.le(seg.ack)
+            && (self.snd_wl1.lt(seg.seq) || (self.snd_wl1 == seg.seq && self.snd_wl2.le(seg.ack)))
+        {
+            self.snd_wnd = seg.window as u32;
+            self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
+            self.snd_wl1 = seg.seq;
+            self.snd_wl2 = seg.ack;
+        }
+        // Zero window with data waiting and nothing in flight: the
+        // retransmission timer becomes the persist timer.
+        if self.snd_wnd == 0
+            && self.unsent() > 0
+            && self.snd_una == self.snd_max
+            && self.retx_at.is_none()
+        {
+            self.retx_at = Some(now + self.rto);
+        }
+    }
+
+    /// RFC 6298 §5.4–5.6 on the retransmission timer firing: back off and go
+    /// back to the oldest unacknowledged byte. Err when out of retries.
+    pub fn on_retransmit_timeout(&mut self, now: Instant, cfg: &Config) -> Result<(), Error> {
+        self.retries += 1;
+        let limit = if self.syn_acked() {
+            cfg.max_retries
+        } else {
+            cfg.syn_retries
+        };
+        let zero_window_probe = self.syn_acked()
+            && self.snd_wnd == 0
+            && self.unsent() > 0
+            && self.snd_una == self.snd_max;
+        if self.retries > limit && !zero_window_probe {
+            return Err(Error::TimedOut);
+        }
+        self.rto = (self.rto * 2).min(cfg.max_rto);
+        if zero_window_probe {
+            self.probe_pending = true;
+        } else {
+            self.snd_nxt = self.snd_una;
+            // Karn's rule: no RTT sample from a retransmitted segment.
+            self.rtt_probe = None;
+        }
+        self.retx_at = Some(now + self.rto);
+        Ok(())
+    }
+}
+
+/// The receive side (RFC 9293 §3.3.1, receive sequence variables) and the
+/// ACKs we owe.
+pub(crate) struct Recv {
+    pub irs: SeqNum,
+    pub rcv_nxt: SeqNum,
+    /// Right edge of the window we advertised; never moves left.
+    pub rcv_adv: SeqNum,
+    pub recv_buf: VecDeque<u8>,
+    pub recv_cap: usize,
+    /// Segments beyond a hole, sorted by sequence number, held until the
+    /// hole fills; their total stays within the receive window.
+    pub out_of_order: Vec<(SeqNum, Vec<u8>)>,
+    pub out_of_order_bytes: usize,
+    pub ack_now: bool,
+    pub ack_at: Option<Instant>,
+    pub unacked_segs: u32,
+}
+
+impl Recv {
+    /// The receive side after the peer's SYN with sequence number `irs`.
+    pub fn new(irs: SeqNum, cfg: &Config) -> Recv {
+        Recv {
+            irs,
+            rcv_nxt: irs + 1,
+            rcv_adv: irs + 1,
+            recv_buf: VecDeque::new(),
+            recv_cap: cfg.recv_buffer,
+            out_of_order: Vec::new(),
+            out_of_order_bytes: 0,
+            ack_now: false,
+            ack_at: None,
+            unacked_segs: 0,
+        }
+    }
+
+    /// Free buffer space, at most 65535 without window scaling.
     fn free_window(&self) -> u32 {
         self.recv_cap
             .saturating_sub(self.recv_buf.len())
             .min(65_535) as u32
+    }
+
+    fn sws_step(&self, our_mss: u16) -> i32 {
+        (self.recv_cap / 2).min(our_mss as usize).max(1) as i32
     }
 
     /// The window to put in an outgoing segment. RFC 9293 §3.8.6.2.2
@@ -260,8 +281,7 @@ impl Conn {
     /// window is strongly discouraged): it never moves back.
     pub fn advertise(&mut self, our_mss: u16) -> u16 {
         let right = self.rcv_nxt + self.free_window();
-        let step = (self.recv_cap / 2).min(our_mss as usize).max(1) as i32;
-        if right.diff(self.rcv_adv) >= step || self.rcv_adv.lt(self.rcv_nxt) {
+        if right.diff(self.rcv_adv) >= self.sws_step(our_mss) || self.rcv_adv.lt(self.rcv_nxt) {
             self.rcv_adv = right;
         }
         self.rcv_adv.diff(self.rcv_nxt).clamp(0, 65_535) as u16
@@ -270,8 +290,12 @@ impl Conn {
     /// Whether reading freed enough room that the peer should hear of it.
     pub fn window_update_due(&self, our_mss: u16) -> bool {
         let right = self.rcv_nxt + self.free_window();
-        let step = (self.recv_cap / 2).min(our_mss as usize).max(1) as i32;
-        right.diff(self.rcv_adv) >= step
+        right.diff(self.rcv_adv) >= self.sws_step(our_mss)
+    }
+
+    /// The receive window as the acceptance test sees it.
+    pub fn rcv_wnd(&self) -> u32 {
+        self.rcv_adv.diff(self.rcv_nxt).max(0) as u32
     }
 
     /// Keeps data that arrived beyond a hole; false if it could not be kept
@@ -326,60 +350,447 @@ impl Conn {
         moved
     }
 
-    /// The receive window as the acceptance test sees it.
-    pub fn rcv_wnd(&self) -> u32 {
-        self.rcv_adv.diff(self.rcv_nxt).max(0) as u32
+    /// Copies out up to `buf.len()` received bytes.
+    pub fn read(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.recv_buf.len());
+        let (a, b) = self.recv_buf.as_slices();
+        let first = a.len().min(n);
+        buf[..first].copy_from_slice(&a[..first]);
+        buf[first..n].copy_from_slice(&b[..n - first]);
+        self.recv_buf.drain(..n);
+        n
     }
+}
 
-    /// RFC 6298 §2.2–2.3: a new RTT measurement R.
-    pub fn rtt_sample(&mut self, r: Duration, cfg: &Config) {
-        match self.srtt {
-            None => {
-                self.srtt = Some(r);
-                self.rttvar = r / 2;
-            }
-            Some(srtt) => {
-                let delta = srtt.abs_diff(r);
-                self.rttvar = self.rttvar * 3 / 4 + delta / 4;
-                self.srtt = Some(srtt * 7 / 8 + r / 8);
-            }
+/// SYN-SENT: our SYN is out; nothing received yet.
+pub(crate) struct SynSent {
+    pub snd: Send,
+}
+
+/// SYN-RECEIVED: SYNs exchanged, ours not acknowledged yet.
+pub(crate) struct SynReceived {
+    pub snd: Send,
+    pub rcv: Recv,
+    /// Opened by a SYN to a listener (a reset returns it to LISTEN).
+    pub passive: bool,
+}
+
+/// ESTABLISHED: data flows both ways.
+pub(crate) struct Established {
+    pub snd: Send,
+    pub rcv: Recv,
+}
+
+/// FIN-WAIT-1: we closed; our FIN is queued or in flight.
+pub(crate) struct FinWait1 {
+    pub snd: Send,
+    pub rcv: Recv,
+}
+
+/// FIN-WAIT-2: our FIN is acknowledged; waiting for the peer's.
+pub(crate) struct FinWait2 {
+    /// Our next sequence number, for the ACKs we still send.
+    pub snd_nxt: SeqNum,
+    pub rcv: Recv,
+    /// Set once the application closed: an orphan waits no longer than this.
+    pub timeout: Option<Instant>,
+}
+
+/// CLOSE-WAIT: the peer closed; we may still send.
+pub(crate) struct CloseWait {
+    pub snd: Send,
+    pub rcv: Recv,
+}
+
+/// CLOSING: both FINs sent, ours not acknowledged yet.
+pub(crate) struct Closing {
+    pub snd: Send,
+    pub rcv: Recv,
+}
+
+/// LAST-ACK: the peer closed first, our FIN awaits its ACK.
+pub(crate) struct LastAck {
+    pub snd: Send,
+    pub rcv: Recv,
+}
+
+/// TIME-WAIT: both sides done; we linger 2 MSL to ACK a lost final FIN.
+pub(crate) struct TimeWait {
+    pub snd_nxt: SeqNum,
+    pub rcv: Recv,
+    pub expires: Instant,
+}
+
+/// A connection's state, each variant holding only what is valid in it.
+pub(crate) enum Tcb {
+    /// Gone (a placeholder while a transition consumes the old state).
+    Closed,
+    SynSent(SynSent),
+    SynReceived(SynReceived),
+    Established(Established),
+    FinWait1(FinWait1),
+    FinWait2(FinWait2),
+    CloseWait(CloseWait),
+    Closing(Closing),
+    LastAck(LastAck),
+    TimeWait(TimeWait),
+}
+
+impl Tcb {
+    pub fn state(&self) -> State {
+        match self {
+            Tcb::Closed => State::Closed,
+            Tcb::SynSent(_) => State::SynSent,
+            Tcb::SynReceived(_) => State::SynReceived,
+            Tcb::Established(_) => State::Established,
+            Tcb::FinWait1(_) => State::FinWait1,
+            Tcb::FinWait2(_) => State::FinWait2,
+            Tcb::CloseWait(_) => State::CloseWait,
+            Tcb::Closing(_) => State::Closing,
+            Tcb::LastAck(_) => State::LastAck,
+            Tcb::TimeWait(_) => State::TimeWait,
         }
-        let g = Duration::from_millis(1);
-        let rto = self.srtt.unwrap_or(r) + (self.rttvar * 4).max(g);
-        self.rto = rto.clamp(cfg.min_rto, cfg.max_rto);
     }
 
-    /// RFC 6298 §5.4–5.6 on the retransmission timer firing: back off and go
-    /// back to the oldest unacknowledged byte. Err when out of retries.
-    pub fn on_retransmit_timeout(&mut self, now: Instant, cfg: &Config) -> Result<(), Error> {
-        self.retries += 1;
-        let limit = if self.syn_acked() {
-            cfg.max_retries
-        } else {
-            cfg.syn_retries
+    pub fn snd(&self) -> Option<&Send> {
+        match self {
+            Tcb::SynSent(s) => Some(&s.snd),
+            Tcb::SynReceived(s) => Some(&s.snd),
+            Tcb::Established(s) => Some(&s.snd),
+            Tcb::FinWait1(s) => Some(&s.snd),
+            Tcb::CloseWait(s) => Some(&s.snd),
+            Tcb::Closing(s) => Some(&s.snd),
+            Tcb::LastAck(s) => Some(&s.snd),
+            Tcb::Closed | Tcb::FinWait2(_) | Tcb::TimeWait(_) => None,
+        }
+    }
+
+    pub fn snd_mut(&mut self) -> Option<&mut Send> {
+        match self {
+            Tcb::SynSent(s) => Some(&mut s.snd),
+            Tcb::SynReceived(s) => Some(&mut s.snd),
+            Tcb::Established(s) => Some(&mut s.snd),
+            Tcb::FinWait1(s) => Some(&mut s.snd),
+            Tcb::CloseWait(s) => Some(&mut s.snd),
+            Tcb::Closing(s) => Some(&mut s.snd),
+            Tcb::LastAck(s) => Some(&mut s.snd),
+            Tcb::Closed | Tcb::FinWait2(_) | Tcb::TimeWait(_) => None,
+        }
+    }
+
+    pub fn rcv(&self) -> Option<&Recv> {
+        match self {
+            Tcb::SynReceived(s) => Some(&s.rcv),
+            Tcb::Established(s) => Some(&s.rcv),
+            Tcb::FinWait1(s) => Some(&s.rcv),
+            Tcb::FinWait2(s) => Some(&s.rcv),
+            Tcb::CloseWait(s) => Some(&s.rcv),
+            Tcb::Closing(s) => Some(&s.rcv),
+            Tcb::LastAck(s) => Some(&s.rcv),
+            Tcb::TimeWait(s) => Some(&s.rcv),
+            Tcb::Closed | Tcb::SynSent(_) => None,
+        }
+    }
+
+    pub fn rcv_mut(&mut self) -> Option<&mut Recv> {
+        match self {
+            Tcb::SynReceived(s) => Some(&mut s.rcv),
+            Tcb::Established(s) => Some(&mut s.rcv),
+            Tcb::FinWait1(s) => Some(&mut s.rcv),
+            Tcb::FinWait2(s) => Some(&mut s.rcv),
+            Tcb::CloseWait(s) => Some(&mut s.rcv),
+            Tcb::Closing(s) => Some(&mut s.rcv),
+            Tcb::LastAck(s) => Some(&mut s.rcv),
+            Tcb::TimeWait(s) => Some(&mut s.rcv),
+            Tcb::Closed | Tcb::SynSent(_) => None,
+        }
+    }
+
+    /// Whether the peer's FIN has been received (no more data will come).
+    pub fn peer_closed(&self) -> bool {
+        matches!(
+            self,
+            Tcb::CloseWait(_) | Tcb::Closing(_) | Tcb::LastAck(_) | Tcb::TimeWait(_)
+        )
+    }
+
+    /// Whether new data from the peer is accepted in this state.
+    pub fn receives_data(&self) -> bool {
+        matches!(
+            self,
+            Tcb::Established(_) | Tcb::FinWait1(_) | Tcb::FinWait2(_)
+        )
+    }
+
+    /// Our sequence number for outgoing ACKs and RSTs.
+    pub fn snd_nxt(&self) -> SeqNum {
+        match self {
+            Tcb::FinWait2(s) => s.snd_nxt,
+            Tcb::TimeWait(s) => s.snd_nxt,
+            other => other.snd().map_or(SeqNum::default(), |s| s.snd_nxt),
+        }
+    }
+}
+
+// Transitions, as values: each consumes the old state and returns the new.
+
+impl SynSent {
+    /// "If SND.UNA > ISS (our SYN has been ACKed), change the connection
+    /// state to ESTABLISHED."
+    pub fn syn_acked(self, rcv: Recv) -> Established {
+        Established { snd: self.snd, rcv }
+    }
+    /// "Otherwise, enter SYN-RECEIVED" (simultaneous open): our SYN goes
+    /// again, now with an ACK.
+    pub fn simultaneous_open(mut self, rcv: Recv) -> SynReceived {
+        self.snd.snd_nxt = self.snd.iss;
+        self.snd.rtt_probe = None;
+        SynReceived {
+            snd: self.snd,
+            rcv,
+            passive: false,
+        }
+    }
+}
+
+impl SynReceived {
+    pub fn syn_acked(self) -> Established {
+        Established {
+            snd: self.snd,
+            rcv: self.rcv,
+        }
+    }
+    pub fn close(mut self) -> FinWait1 {
+        self.snd.fin_queued = true;
+        FinWait1 {
+            snd: self.snd,
+            rcv: self.rcv,
+        }
+    }
+}
+
+impl Established {
+    pub fn close(mut self) -> FinWait1 {
+        self.snd.fin_queued = true;
+        FinWait1 {
+            snd: self.snd,
+            rcv: self.rcv,
+        }
+    }
+    pub fn fin_received(self) -> CloseWait {
+        CloseWait {
+            snd: self.snd,
+            rcv: self.rcv,
+        }
+    }
+}
+
+impl FinWait1 {
+    pub fn fin_acked(self, timeout: Option<Instant>) -> FinWait2 {
+        FinWait2 {
+            snd_nxt: self.snd.snd_nxt,
+            rcv: self.rcv,
+            timeout,
+        }
+    }
+    /// Simultaneous close: the peer's FIN crossed ours.
+    pub fn fin_received(self) -> Closing {
+        Closing {
+            snd: self.snd,
+            rcv: self.rcv,
+        }
+    }
+    /// A FIN that also acknowledges ours.
+    pub fn fin_received_fin_acked(self, expires: Instant) -> TimeWait {
+        TimeWait {
+            snd_nxt: self.snd.snd_nxt,
+            rcv: self.rcv,
+            expires,
+        }
+    }
+}
+
+impl FinWait2 {
+    pub fn fin_received(self, expires: Instant) -> TimeWait {
+        TimeWait {
+            snd_nxt: self.snd_nxt,
+            rcv: self.rcv,
+            expires,
+        }
+    }
+}
+
+impl CloseWait {
+    pub fn close(mut self) -> LastAck {
+        self.snd.fin_queued = true;
+        LastAck {
+            snd: self.snd,
+            rcv: self.rcv,
+        }
+    }
+}
+
+impl Closing {
+    pub fn fin_acked(self, expires: Instant) -> TimeWait {
+        TimeWait {
+            snd_nxt: self.snd.snd_nxt,
+            rcv: self.rcv,
+            expires,
+        }
+    }
+}
+
+/// What the stack should count after an `emit`.
+#[derive(Default)]
+pub(crate) struct EmitStats {
+    pub retransmit: bool,
+}
+
+/// One connection: its state plus what the stack and the application keep
+/// about it whatever the state.
+pub(crate) struct Conn {
+    pub id: ConnId,
+    pub tuple: FourTuple,
+    pub tcb: Tcb,
+    /// The application holds a handle (it got Accepted/Connected, or called
+    /// connect): it is told when the connection ends.
+    pub known_to_app: bool,
+    /// The application called close(): nothing more will be read.
+    pub app_closed: bool,
+    /// The deadline currently in the stack's timer heap.
+    pub scheduled: Option<Instant>,
+    /// In the stack's transmit queue.
+    pub queued: bool,
+    pub want_writable: bool,
+    pub nodelay: bool,
+    pub retransmits: u64,
+    pub keepalive: Option<Duration>,
+    /// When the last segment arrived (keepalive idles from here).
+    pub last_recv: Instant,
+    pub keepalive_at: Option<Instant>,
+    pub keepalive_probes: u32,
+    pub keepalive_probe_due: bool,
+}
+
+impl Conn {
+    pub fn new(id: ConnId, tuple: FourTuple, tcb: Tcb, now: Instant) -> Conn {
+        Conn {
+            id,
+            tuple,
+            tcb,
+            known_to_app: false,
+            app_closed: false,
+            scheduled: None,
+            queued: false,
+            want_writable: false,
+            nodelay: false,
+            retransmits: 0,
+            keepalive: None,
+            last_recv: now,
+            keepalive_at: None,
+            keepalive_probes: 0,
+            keepalive_probe_due: false,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.tcb.state()
+    }
+
+    /// Replaces the state through `f`, which consumes the old one; checked
+    /// against the transition table in debug builds.
+    pub fn transition(&mut self, f: impl FnOnce(Tcb) -> Tcb) {
+        let from = self.tcb.state();
+        let old = std::mem::replace(&mut self.tcb, Tcb::Closed);
+        self.tcb = f(old);
+        debug_assert!(
+            is_transition(from, self.tcb.state()),
+            "{from:?} -> {:?} is not in the transition table",
+            self.tcb.state()
+        );
+    }
+
+    pub fn info(&self) -> ConnInfo {
+        let snd = self.tcb.snd();
+        ConnInfo {
+            id: self.id.0,
+            local: self.tuple.local,
+            remote: self.tuple.remote,
+            state: self.state(),
+            send_queue: snd.map_or(0, |s| s.send_buf.len()),
+            recv_queue: self.tcb.rcv().map_or(0, |r| r.recv_buf.len()),
+            srtt_us: snd.and_then(|s| s.srtt).map_or(0, |d| d.as_micros() as u64),
+            rto_us: snd.map_or(0, |s| s.rto.as_micros() as u64),
+            retransmits: self.retransmits,
+        }
+    }
+
+    /// The end of FIN-WAIT-2 (orphaned) or of TIME-WAIT.
+    pub fn close_at(&self) -> Option<Instant> {
+        match &self.tcb {
+            Tcb::FinWait2(s) => s.timeout,
+            Tcb::TimeWait(s) => Some(s.expires),
+            _ => None,
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.tcb.snd().and_then(|s| s.retx_at),
+            self.tcb.rcv().and_then(|r| r.ack_at),
+            self.close_at(),
+            self.keepalive_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Asks for an ACK to go out with the next transmission.
+    pub fn ack_now(&mut self) {
+        if let Some(r) = self.tcb.rcv_mut() {
+            r.ack_now = true;
+        }
+    }
+
+    /// Re-arms the keepalive timer after activity (RFC 1122 §4.2.3.6: probes
+    /// only after an idle interval; off unless the application sets it).
+    pub fn rearm_keepalive(&mut self) {
+        self.keepalive_probes = 0;
+        self.keepalive_at = self.keepalive.map(|idle| self.last_recv + idle);
+    }
+
+    /// The keepalive timer fired: Err when the peer has not answered
+    /// `KEEPALIVE_PROBES` probes.
+    pub fn on_keepalive_timeout(&mut self, now: Instant) -> Result<(), Error> {
+        let Some(idle) = self.keepalive else {
+            self.keepalive_at = None;
+            return Ok(());
         };
-        let unsent = self.unsent();
-        let zero_window_probe =
-            self.syn_acked() && self.snd_wnd == 0 && unsent > 0 && self.snd_una == self.snd_max;
-        if self.retries > limit && !zero_window_probe {
+        let interval = idle.min(KEEPALIVE_INTERVAL);
+        // Only an idle, synchronized connection is probed; one with data in
+        // flight has the retransmission timer watching it.
+        let idle_conn = match &self.tcb {
+            Tcb::Established(s) => s.snd.snd_una == s.snd.snd_max,
+            Tcb::CloseWait(s) => s.snd.snd_una == s.snd.snd_max,
+            _ => false,
+        };
+        if !idle_conn {
+            self.keepalive_at = Some(now + interval);
+            return Ok(());
+        }
+        if self.keepalive_probes >= KEEPALIVE_PROBES {
             return Err(Error::TimedOut);
         }
-        self.rto = (self.rto * 2).min(cfg.max_rto);
-        if zero_window_probe {
-            self.probe_pending = true;
-        } else {
-            self.snd_nxt = self.snd_una;
-            // Karn's rule: no RTT sample from a retransmitted segment.
-            self.rtt_probe = None;
-        }
-        self.retx_at = Some(now + self.rto);
+        self.keepalive_probes += 1;
+        self.keepalive_probe_due = true;
+        self.keepalive_at = Some(now + interval);
         Ok(())
     }
 
-    /// Bytes in the send buffer not sent yet (beyond snd_nxt).
-    pub fn unsent(&self) -> usize {
-        let offset = self.snd_nxt.diff(self.buf_seq).max(0) as usize;
-        self.send_buf.len().saturating_sub(offset)
+    /// A RST for this connection (on abort): <SEQ=SND.NXT><CTL=RST>.
+    pub fn reset_segment(&self) -> (SeqNum, SeqNum, u8) {
+        (self.tcb.snd_nxt(), SeqNum::default(), RST)
     }
 
     /// Writes the next segment this connection has to send into `buf`, or
@@ -391,200 +802,232 @@ impl Conn {
         buf: &mut [u8],
         stats: &mut EmitStats,
     ) -> Option<usize> {
-        let (src, dst) = (*self.tuple.local.ip(), *self.tuple.remote.ip());
+        let tuple = self.tuple;
         let our_mss = cfg.mss;
-        // SYN or SYN,ACK (re)transmission.
-        if matches!(self.state, State::SynSent | State::SynReceived) && self.snd_nxt == self.iss {
-            let flags = if self.state == State::SynSent {
-                SYN
-            } else {
-                SYN | ACK
-            };
-            let ack = if flags & ACK != 0 {
-                self.rcv_nxt
-            } else {
-                SeqNum::default()
-            };
-            let window = if flags & ACK != 0 {
-                self.advertise(our_mss)
-            } else {
-                self.free_window() as u16
-            };
-            let repr = TcpRepr {
-                src_port: self.tuple.local.port(),
-                dst_port: self.tuple.remote.port(),
-                seq: self.iss,
-                ack,
-                flags,
-                window,
-                urgent: 0,
-                options: TcpOptions {
-                    mss: Some(our_mss),
-                    ..Default::default()
-                },
-                payload: &[],
-            };
-            if buf.len() < repr.header_len() {
-                return None;
+        let keepalive_probe = std::mem::take(&mut self.keepalive_probe_due);
+        let nodelay = self.nodelay;
+        match &mut self.tcb {
+            Tcb::Closed => None,
+            Tcb::SynSent(s) => {
+                if s.snd.snd_nxt == s.snd.iss {
+                    emit_syn(now, &tuple, our_mss, &mut s.snd, None, buf, stats)
+                } else {
+                    None
+                }
             }
-            stats.retransmit = self.snd_max != self.iss;
-            if !stats.retransmit && self.rtt_probe.is_none() {
-                self.rtt_probe = Some((self.iss + 1, now));
+            Tcb::SynReceived(s) => {
+                if s.snd.snd_nxt == s.snd.iss {
+                    emit_syn(
+                        now,
+                        &tuple,
+                        our_mss,
+                        &mut s.snd,
+                        Some(&mut s.rcv),
+                        buf,
+                        stats,
+                    )
+                } else {
+                    emit_ack(&tuple, our_mss, s.snd.snd_nxt, &mut s.rcv, buf)
+                }
             }
-            self.snd_nxt = self.iss + 1;
-            self.snd_max = self.snd_max.max(self.snd_nxt);
-            self.retx_at.get_or_insert(now + self.rto);
-            self.ack_now = false;
-            self.ack_at = None;
-            return Some(repr.emit(src, dst, buf));
-        }
-        if self.keepalive_probe_due {
-            // RFC 1122 §4.2.3.6: a probe is a segment with SEG.SEQ = SND.NXT-1
-            // and no data; the peer answers it with an ACK.
-            self.keepalive_probe_due = false;
-            if buf.len() >= 20 {
-                let window = self.advertise(our_mss);
-                let repr = TcpRepr {
-                    src_port: self.tuple.local.port(),
-                    dst_port: self.tuple.remote.port(),
-                    seq: self.snd_nxt - 1,
-                    ack: self.rcv_nxt,
-                    flags: ACK,
-                    window,
-                    urgent: 0,
-                    options: TcpOptions::default(),
-                    payload: &[],
-                };
-                return Some(repr.emit(src, dst, buf));
+            Tcb::Established(Established { snd, rcv })
+            | Tcb::FinWait1(FinWait1 { snd, rcv })
+            | Tcb::CloseWait(CloseWait { snd, rcv })
+            | Tcb::Closing(Closing { snd, rcv })
+            | Tcb::LastAck(LastAck { snd, rcv }) => {
+                if keepalive_probe {
+                    // RFC 1122 §4.2.3.6: a probe is a segment with SEG.SEQ =
+                    // SND.NXT-1 and no data; the peer answers with an ACK.
+                    rcv.ack_now = true;
+                    return emit_ack(&tuple, our_mss, snd.snd_nxt - 1, rcv, buf);
+                }
+                let sent = emit_data(now, &tuple, our_mss, nodelay, snd, rcv, buf, stats);
+                if stats.retransmit {
+                    self.retransmits += 1;
+                }
+                sent
             }
+            Tcb::FinWait2(s) => emit_ack(&tuple, our_mss, s.snd_nxt, &mut s.rcv, buf),
+            Tcb::TimeWait(s) => emit_ack(&tuple, our_mss, s.snd_nxt, &mut s.rcv, buf),
         }
-        if !self.syn_acked() && !matches!(self.state, State::TimeWait) {
-            // SYN-RECEIVED waiting for the ACK of our SYN: only ACKs go out.
-            return self.emit_ack(our_mss, buf);
-        }
-        if matches!(self.state, State::TimeWait | State::Closed) {
-            return self.emit_ack(our_mss, buf);
-        }
-
-        let header = 20;
-        let room = buf.len().saturating_sub(header);
-        let mss = (self.peer_mss.min(our_mss) as usize).min(room).max(1);
-        let offset = self.snd_nxt.diff(self.buf_seq).max(0) as usize;
-        let unsent = self.send_buf.len().saturating_sub(offset);
-        let usable = (self.snd_una + self.snd_wnd).diff(self.snd_nxt).max(0) as usize;
-        let mut n = unsent.min(usable).min(mss);
-        let in_flight = self.snd_nxt != self.snd_una;
-        if self.probe_pending {
-            self.probe_pending = false;
-            if unsent > 0 && usable == 0 {
-                n = 1;
-            }
-        } else if n > 0 && n < mss {
-            // RFC 9293 §3.8.6.2.1 (sender SWS avoidance) and RFC 896 (Nagle):
-            // a short segment goes out only when it is all there is to send
-            // and nothing is in flight (or Nagle is off), or when it fills at
-            // least half the largest window the peer offered.
-            let tail = n == unsent;
-            let nagle_ok = self.nodelay || !in_flight || self.fin_queued;
-            let half_window = n >= (self.max_snd_wnd as usize / 2).max(1);
-            if !((tail && nagle_ok) || half_window) {
-                n = 0;
-            }
-        }
-        let fin = self.fin_queued
-            && offset + n == self.send_buf.len()
-            && self.snd_nxt + n as u32 == self.fin_seq().expect("fin queued");
-        if n == 0 && !fin {
-            // RFC 9293 §3.8.6.1: data waits behind a zero window and nothing
-            // is in flight to bring an ACK: arm the persist timer.
-            if unsent > 0 && usable == 0 && !in_flight && self.retx_at.is_none() {
-                self.retx_at = Some(now + self.rto);
-            }
-            return self.emit_ack(our_mss, buf);
-        }
-        let mut flags = ACK;
-        if fin {
-            flags |= FIN;
-        }
-        if n > 0 && offset + n == self.send_buf.len() {
-            flags |= PSH;
-        }
-        // RFC 9293 §3.8.5 / RFC 6093: while urgent data is ahead, every
-        // segment carries URG and the offset to the byte after it.
-        let mut urgent = 0;
-        if let Some(up) = self.snd_up {
-            if up.gt(self.snd_nxt) {
-                flags |= URG;
-                urgent = up.diff(self.snd_nxt).min(65_535) as u16;
-            }
-        }
-        let window = self.advertise(our_mss);
-        let repr = TcpRepr {
-            src_port: self.tuple.local.port(),
-            dst_port: self.tuple.remote.port(),
-            seq: self.snd_nxt,
-            ack: self.rcv_nxt,
-            flags,
-            window,
-            urgent,
-            options: TcpOptions::default(),
-            payload: &[],
-        };
-        repr.emit_header(buf, header);
-        let (a, b) = self.send_buf.as_slices();
-        // Copy send_buf[offset..offset + n] (a VecDeque may wrap).
-        let dst_payload = &mut buf[header..header + n];
-        if offset < a.len() {
-            let first = (a.len() - offset).min(n);
-            dst_payload[..first].copy_from_slice(&a[offset..offset + first]);
-            dst_payload[first..].copy_from_slice(&b[..n - first]);
-        } else {
-            let o = offset - a.len();
-            dst_payload.copy_from_slice(&b[o..o + n]);
-        }
-        let len = header + n;
-        fill_checksum(src, dst, &mut buf[..len]);
-
-        let seg_len = n as u32 + fin as u32;
-        stats.retransmit = self.snd_nxt.lt(self.snd_max);
-        if stats.retransmit {
-            self.retransmits += 1;
-        } else if self.rtt_probe.is_none() {
-            self.rtt_probe = Some((self.snd_nxt + seg_len, now));
-        }
-        self.snd_nxt += seg_len;
-        self.snd_max = self.snd_max.max(self.snd_nxt);
-        self.retx_at.get_or_insert(now + self.rto);
-        self.ack_now = false;
-        self.ack_at = None;
-        self.unacked_segs = 0;
-        Some(len)
     }
+}
 
-    fn emit_ack(&mut self, our_mss: u16, buf: &mut [u8]) -> Option<usize> {
-        if !self.ack_now || buf.len() < 20 {
-            return None;
+/// SYN (active open) or SYN,ACK (passive or simultaneous open), with our MSS.
+fn emit_syn(
+    now: Instant,
+    tuple: &FourTuple,
+    our_mss: u16,
+    snd: &mut Send,
+    rcv: Option<&mut Recv>,
+    buf: &mut [u8],
+    stats: &mut EmitStats,
+) -> Option<usize> {
+    let (flags, ack, window) = match rcv {
+        Some(r) => {
+            r.ack_now = false;
+            r.ack_at = None;
+            (SYN | ACK, r.rcv_nxt, r.advertise(our_mss))
         }
-        self.ack_now = false;
-        self.ack_at = None;
-        self.unacked_segs = 0;
-        let window = self.advertise(our_mss);
-        let repr = TcpRepr {
-            src_port: self.tuple.local.port(),
-            dst_port: self.tuple.remote.port(),
-            seq: self.snd_nxt,
-            ack: self.rcv_nxt,
-            flags: ACK,
-            window,
-            urgent: 0,
-            options: TcpOptions::default(),
-            payload: &[],
-        };
-        Some(repr.emit(*self.tuple.local.ip(), *self.tuple.remote.ip(), buf))
+        None => (SYN, SeqNum::default(), u16::MAX),
+    };
+    let repr = TcpRepr {
+        src_port: tuple.local.port(),
+        dst_port: tuple.remote.port(),
+        seq: snd.iss,
+        ack,
+        flags,
+        window,
+        urgent: 0,
+        options: TcpOptions {
+            mss: Some(our_mss),
+            ..Default::default()
+        },
+        payload: &[],
+    };
+    if buf.len() < repr.header_len() {
+        return None;
     }
+    stats.retransmit = snd.snd_max != snd.iss;
+    if !stats.retransmit && snd.rtt_probe.is_none() {
+        snd.rtt_probe = Some((snd.iss + 1, now));
+    }
+    snd.snd_nxt = snd.iss + 1;
+    snd.snd_max = snd.snd_max.max(snd.snd_nxt);
+    snd.retx_at.get_or_insert(now + snd.rto);
+    Some(repr.emit(*tuple.local.ip(), *tuple.remote.ip(), buf))
+}
 
-    /// A RST for this connection (on abort): <SEQ=SND.NXT><CTL=RST>.
-    pub fn reset_segment(&self) -> (SeqNum, SeqNum, u8) {
-        (self.snd_nxt, SeqNum::default(), RST)
+/// A bare ACK, if one is owed.
+fn emit_ack(
+    tuple: &FourTuple,
+    our_mss: u16,
+    seq: SeqNum,
+    rcv: &mut Recv,
+    buf: &mut [u8],
+) -> Option<usize> {
+    if !rcv.ack_now || buf.len() < 20 {
+        return None;
     }
+    rcv.ack_now = false;
+    rcv.ack_at = None;
+    rcv.unacked_segs = 0;
+    let window = rcv.advertise(our_mss);
+    let repr = TcpRepr {
+        src_port: tuple.local.port(),
+        dst_port: tuple.remote.port(),
+        seq,
+        ack: rcv.rcv_nxt,
+        flags: ACK,
+        window,
+        urgent: 0,
+        options: TcpOptions::default(),
+        payload: &[],
+    };
+    Some(repr.emit(*tuple.local.ip(), *tuple.remote.ip(), buf))
+}
+
+/// The next data segment (and/or FIN), or a bare ACK if one is owed.
+#[allow(clippy::too_many_arguments)]
+fn emit_data(
+    now: Instant,
+    tuple: &FourTuple,
+    our_mss: u16,
+    nodelay: bool,
+    snd: &mut Send,
+    rcv: &mut Recv,
+    buf: &mut [u8],
+    stats: &mut EmitStats,
+) -> Option<usize> {
+    let header = 20;
+    let room = buf.len().saturating_sub(header);
+    let mss = (snd.peer_mss.min(our_mss) as usize).min(room).max(1);
+    let offset = snd.snd_nxt.diff(snd.buf_seq).max(0) as usize;
+    let unsent = snd.send_buf.len().saturating_sub(offset);
+    let usable = (snd.snd_una + snd.snd_wnd).diff(snd.snd_nxt).max(0) as usize;
+    let mut n = unsent.min(usable).min(mss);
+    let in_flight = snd.snd_nxt != snd.snd_una;
+    if snd.probe_pending {
+        snd.probe_pending = false;
+        if unsent > 0 && usable == 0 {
+            n = 1;
+        }
+    } else if n > 0 && n < mss {
+        // RFC 9293 §3.8.6.2.1 (sender SWS avoidance) and RFC 896 (Nagle):
+        // a short segment goes out only when it is all there is to send and
+        // nothing is in flight (or Nagle is off), or when it fills at least
+        // half the largest window the peer offered.
+        let tail = n == unsent;
+        let nagle_ok = nodelay || !in_flight || snd.fin_queued;
+        let half_window = n >= (snd.max_snd_wnd as usize / 2).max(1);
+        if !((tail && nagle_ok) || half_window) {
+            n = 0;
+        }
+    }
+    let fin = snd.fin_queued
+        && offset + n == snd.send_buf.len()
+        && snd.fin_seq().is_some_and(|f| snd.snd_nxt + n as u32 == f);
+    if n == 0 && !fin {
+        // RFC 9293 §3.8.6.1: data waits behind a zero window and nothing is
+        // in flight to bring an ACK: arm the persist timer.
+        if unsent > 0 && usable == 0 && !in_flight && snd.retx_at.is_none() {
+            snd.retx_at = Some(now + snd.rto);
+        }
+        return emit_ack(tuple, our_mss, snd.snd_nxt, rcv, buf);
+    }
+    let mut flags = ACK;
+    if fin {
+        flags |= FIN;
+    }
+    if n > 0 && offset + n == snd.send_buf.len() {
+        flags |= PSH;
+    }
+    // RFC 9293 §3.8.5 / RFC 6093: while urgent data is ahead, every segment
+    // carries URG and the offset to the byte after it.
+    let mut urgent = 0;
+    if let Some(up) = snd.snd_up {
+        if up.gt(snd.snd_nxt) {
+            flags |= URG;
+            urgent = up.diff(snd.snd_nxt).min(65_535) as u16;
+        }
+    }
+    let window = rcv.advertise(our_mss);
+    let repr = TcpRepr {
+        src_port: tuple.local.port(),
+        dst_port: tuple.remote.port(),
+        seq: snd.snd_nxt,
+        ack: rcv.rcv_nxt,
+        flags,
+        window,
+        urgent,
+        options: TcpOptions::default(),
+        payload: &[],
+    };
+    repr.emit_header(buf, header);
+    // Copy send_buf[offset..offset + n] (a VecDeque may wrap).
+    let (a, b) = snd.send_buf.as_slices();
+    let dst_payload = &mut buf[header..header + n];
+    if offset < a.len() {
+        let first = (a.len() - offset).min(n);
+        dst_payload[..first].copy_from_slice(&a[offset..offset + first]);
+        dst_payload[first..].copy_from_slice(&b[..n - first]);
+    } else {
+        let o = offset - a.len();
+        dst_payload.copy_from_slice(&b[o..o + n]);
+    }
+    let len = header + n;
+    fill_checksum(*tuple.local.ip(), *tuple.remote.ip(), &mut buf[..len]);
+
+    let seg_len = n as u32 + fin as u32;
+    stats.retransmit = snd.snd_nxt.lt(snd.snd_max);
+    if !stats.retransmit && snd.rtt_probe.is_none() {
+        snd.rtt_probe = Some((snd.snd_nxt + seg_len, now));
+    }
+    snd.snd_nxt += seg_len;
+    snd.snd_max = snd.snd_max.max(snd.snd_nxt);
+    snd.retx_at.get_or_insert(now + snd.rto);
+    rcv.ack_now = false;
+    rcv.ack_at = None;
+    rcv.unacked_segs = 0;
+    Some(len)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use siphasher::sip::SipHasher24;
 use tcp_common::tcp_flags::{ACK, FIN, RST, SYN};
 
-use super::conn::{Conn, EmitStats};
+use super::conn::{CloseWait, Conn, EmitStats, Established, Recv, Send, SynReceived, SynSent, Tcb};
 use super::seq::SeqNum;
 use super::{Config, ConnId, ConnInfo, Error, Event, FourTuple, Instant, State, Transmit};
 use crate::wire::{TcpOptions, TcpRepr, WireError};
@@ -138,10 +138,9 @@ impl Stack {
         }
         let id = self.new_id();
         let iss = self.isn(now, &tuple);
-        let mut c = Conn::new(id, tuple, State::Closed, iss, &self.cfg);
-        c.set_state(State::SynSent);
+        let snd = Send::new(iss, &self.cfg);
+        let mut c = Conn::new(id, tuple, Tcb::SynSent(SynSent { snd }), now);
         c.known_to_app = true;
-        c.last_recv = now;
         self.conns.insert(id, c);
         self.by_tuple.insert(tuple, id);
         self.after(id);
@@ -238,22 +237,19 @@ impl Stack {
         // <SEQ=ISS><ACK=RCV.NXT><CTL=SYN,ACK>."
         let id = self.new_id();
         let iss = self.isn(now, &tuple);
-        let mut c = Conn::new(id, tuple, State::Listen, iss, &self.cfg);
-        c.passive = true;
-        c.last_recv = now;
-        c.set_state(State::SynReceived);
-        c.irs = seg.seq;
-        c.rcv_nxt = seg.seq + 1;
-        c.rcv_adv = c.rcv_nxt;
-        c.peer_mss = seg
-            .options
-            .mss
-            .unwrap_or(super::conn::DEFAULT_PEER_MSS)
-            .max(64);
-        c.snd_wnd = seg.window as u32;
-        c.max_snd_wnd = c.snd_wnd;
-        c.snd_wl1 = seg.seq;
-        c.snd_wl2 = seg.ack;
+        let mut snd = Send::new(iss, &self.cfg);
+        snd.learn_from_syn(seg);
+        let rcv = Recv::new(seg.seq, &self.cfg);
+        let c = Conn::new(
+            id,
+            tuple,
+            Tcb::SynReceived(SynReceived {
+                snd,
+                rcv,
+                passive: true,
+            }),
+            now,
+        );
         self.conns.insert(id, c);
         self.by_tuple.insert(tuple, id);
         self.after(id);
@@ -286,20 +282,19 @@ impl Stack {
     }
 
     fn segment_for_conn(&mut self, now: Instant, id: ConnId, seg: &TcpRepr<'_>) {
-        let state = self.conns[&id].state;
-        match state {
-            State::SynSent => self.syn_sent_arrival(now, id, seg),
-            State::TimeWait if seg.has(SYN) && !seg.has(ACK) && !seg.has(RST) => {
+        let c = &self.conns[&id];
+        match &c.tcb {
+            Tcb::SynSent(_) => self.syn_sent_arrival(now, id, seg),
+            Tcb::TimeWait(tw) if seg.has(SYN) && !seg.has(ACK) && !seg.has(RST) => {
                 // RFC 6191 / RFC 9293 §3.6.1: a new SYN may reopen a
                 // TIME-WAIT 4-tuple when its sequence number is beyond the
                 // old connection's, so old duplicates cannot be confused.
-                let c = &self.conns[&id];
-                if seg.seq.gt(c.rcv_nxt) && self.listening(c.tuple.local) {
+                if seg.seq.gt(tw.rcv.rcv_nxt) && self.listening(c.tuple.local) {
                     let tuple = c.tuple;
                     self.remove(id, None);
                     self.segment_without_conn(now, tuple, seg);
                 } else {
-                    self.conns.get_mut(&id).expect("exists").ack_now = true;
+                    self.conns.get_mut(&id).expect("exists").ack_now();
                     self.after(id);
                 }
             }
@@ -310,9 +305,12 @@ impl Stack {
     /// RFC 9293 §3.10.7.3: SYN-SENT.
     fn syn_sent_arrival(&mut self, now: Instant, id: ConnId, seg: &TcpRepr<'_>) {
         let c = self.conns.get_mut(&id).expect("exists");
+        let Tcb::SynSent(ss) = &mut c.tcb else {
+            return;
+        };
         // "If SEG.ACK =< ISS or SEG.ACK > SND.NXT, send a reset (unless the
         // RST bit is set, if so drop the segment and return)."
-        let ack_ok = seg.has(ACK) && seg.ack.gt(c.iss) && seg.ack.le(c.snd_max);
+        let ack_ok = seg.has(ACK) && seg.ack.gt(ss.snd.iss) && seg.ack.le(ss.snd.snd_max);
         if seg.has(ACK) && !ack_ok {
             if !seg.has(RST) {
                 let tuple = c.tuple;
@@ -332,107 +330,93 @@ impl Stack {
         if !seg.has(SYN) {
             return;
         }
-        c.irs = seg.seq;
-        c.rcv_nxt = seg.seq + 1;
-        c.rcv_adv = c.rcv_nxt;
-        c.peer_mss = seg
-            .options
-            .mss
-            .unwrap_or(super::conn::DEFAULT_PEER_MSS)
-            .max(64);
-        c.snd_wnd = seg.window as u32;
-        c.max_snd_wnd = c.snd_wnd;
-        c.snd_wl1 = seg.seq;
-        c.snd_wl2 = seg.ack;
+        ss.snd.learn_from_syn(seg);
+        let mut rcv = Recv::new(seg.seq, &self.cfg);
         if ack_ok {
             // "If SND.UNA > ISS (our SYN has been ACKed), change the
             // connection state to ESTABLISHED, form an ACK segment."
-            c.snd_una = seg.ack;
-            if let Some((s, t)) = c.rtt_probe.take() {
-                if seg.ack.ge(s) {
-                    let r = now.saturating_duration_since(t);
-                    c.rtt_sample(r, &self.cfg);
-                }
-            }
-            c.retries = 0;
-            c.retx_at = None;
-            c.set_state(State::Established);
-            c.ack_now = true;
+            ss.snd.on_ack(now, seg.ack, &self.cfg);
+            rcv.ack_now = true;
+            c.transition(|t| match t {
+                Tcb::SynSent(s) => Tcb::Established(s.syn_acked(rcv)),
+                other => other,
+            });
             self.counters.conns_connected += 1;
             self.events.push_back(Event::Connected(id));
         } else {
             // "Otherwise, enter SYN-RECEIVED, form a SYN,ACK segment
             // <SEQ=ISS><ACK=RCV.NXT><CTL=SYN,ACK> and send it."
-            c.set_state(State::SynReceived);
-            c.snd_nxt = c.iss;
-            c.rtt_probe = None;
+            c.transition(|t| match t {
+                Tcb::SynSent(s) => Tcb::SynReceived(s.simultaneous_open(rcv)),
+                other => other,
+            });
         }
         self.after(id);
     }
 
     fn challenge_ack(&mut self, now: Instant, id: ConnId) {
-        let (start, n) = self.challenge_window;
-        if now.saturating_duration_since(start) >= Duration::from_secs(1) {
+        if now.saturating_duration_since(self.challenge_window.0) >= Duration::from_secs(1) {
             self.challenge_window = (now, 0);
         }
         if self.challenge_window.1 >= self.cfg.challenge_ack_limit {
             self.counters.challenge_acks_suppressed += 1;
-            let _ = n;
             return;
         }
         self.challenge_window.1 += 1;
         self.counters.challenge_acks += 1;
         if let Some(c) = self.conns.get_mut(&id) {
-            c.ack_now = true;
+            c.ack_now();
         }
         self.after(id);
     }
 
     /// RFC 9293 §3.10.7.4: every state after SYN-SENT.
     fn synchronized_arrival(&mut self, now: Instant, id: ConnId, seg: &TcpRepr<'_>) {
-        let cfg_mss = self.cfg.mss;
+        let cfg = self.cfg.clone();
         let c = self.conns.get_mut(&id).expect("exists");
         let seg_len = seg.seg_len();
 
         // SYN-RECEIVED seeing its SYN again: our SYN,ACK was lost.
-        if c.state == State::SynReceived && seg.has(SYN) && !seg.has(ACK) && seg.seq == c.irs {
-            c.snd_nxt = c.iss;
-            self.after(id);
-            return;
+        if let Tcb::SynReceived(sr) = &mut c.tcb {
+            if seg.has(SYN) && !seg.has(ACK) && seg.seq == sr.rcv.irs {
+                sr.snd.snd_nxt = sr.snd.iss;
+                self.after(id);
+                return;
+            }
         }
 
         // TIME-WAIT: "The only thing that can arrive in this state is a
         // retransmission of the remote FIN. Acknowledge it, and restart the
         // 2 MSL timeout."
-        if c.state == State::TimeWait
-            && seg.has(FIN)
-            && !seg.has(RST)
-            && (seg.seq + seg_len) == c.rcv_nxt
-        {
-            c.ack_now = true;
-            c.close_at = Some(now + self.cfg.msl * 2);
-            self.after(id);
-            return;
+        if let Tcb::TimeWait(tw) = &mut c.tcb {
+            if seg.has(FIN) && !seg.has(RST) && (seg.seq + seg_len) == tw.rcv.rcv_nxt {
+                tw.rcv.ack_now = true;
+                tw.expires = now + cfg.msl * 2;
+                self.after(id);
+                return;
+            }
         }
 
         // First, check sequence number: the four cases.
-        let wnd = c.rcv_wnd();
-        let acceptable = segment_acceptable(c.rcv_nxt, wnd, seg.seq, seg_len);
+        let Some(rcv) = c.tcb.rcv() else {
+            return;
+        };
+        let (rcv_nxt, wnd) = (rcv.rcv_nxt, rcv.rcv_wnd());
+        let acceptable = segment_acceptable(rcv_nxt, wnd, seg.seq, seg_len);
         // "If the RCV.WND is zero, no segments will be acceptable, but
         // special allowance should be made to accept valid ACKs, URGs, and
         // RSTs": a zero-window probe still carries a usable ACK.
-        let ack_only = !acceptable && wnd == 0 && seg.seq == c.rcv_nxt && seg.has(ACK);
+        let ack_only = !acceptable && wnd == 0 && seg.seq == rcv_nxt && seg.has(ACK);
         if !acceptable && !ack_only {
             // "If an incoming segment is not acceptable, an acknowledgment
             // should be sent in reply (unless the RST bit is set)."
             self.counters.drop_not_acceptable += 1;
             if !seg.has(RST) {
-                c.ack_now = true;
+                c.ack_now();
                 self.after(id);
             }
             return;
         }
-
         c.last_recv = now;
         if c.keepalive.is_some() {
             c.rearm_keepalive();
@@ -441,18 +425,18 @@ impl Stack {
         // Second, check the RST bit (RFC 5961 §3.2): exactly RCV.NXT resets;
         // anywhere else in the window earns a challenge ACK.
         if seg.has(RST) {
-            if seg.seq != c.rcv_nxt {
+            if seg.seq != rcv_nxt {
                 self.challenge_ack(now, id);
                 return;
             }
             self.counters.rst_received += 1;
-            let error = match c.state {
+            let error = match &c.tcb {
                 // "If this connection was initiated with a passive OPEN, then
                 // return this connection to the LISTEN state": the listener
                 // never went away, so dropping the embryo is exactly that.
-                State::SynReceived if c.passive => None,
-                State::SynReceived => Some(Error::Refused),
-                State::Closing | State::LastAck | State::TimeWait => None,
+                Tcb::SynReceived(sr) if sr.passive => None,
+                Tcb::SynReceived(_) => Some(Error::Refused),
+                Tcb::Closing(_) | Tcb::LastAck(_) | Tcb::TimeWait(_) => None,
                 _ => Some(Error::Reset),
             };
             if error.is_some() {
@@ -476,158 +460,126 @@ impl Stack {
             return;
         }
 
-        if c.state == State::SynReceived {
+        if let Tcb::SynReceived(sr) = &c.tcb {
             // "If SND.UNA < SEG.ACK =< SND.NXT, then enter ESTABLISHED state"
             // "If the segment acknowledgment is not acceptable, form a reset
             // segment <SEQ=SEG.ACK><CTL=RST> and send it."
-            if !(seg.ack.gt(c.snd_una) && seg.ack.le(c.snd_max)) {
+            if !(seg.ack.gt(sr.snd.snd_una) && seg.ack.le(sr.snd.snd_max)) {
                 let tuple = c.tuple;
                 self.reset_for(tuple, seg);
                 return;
             }
-            c.set_state(State::Established);
-            let id = c.id;
-            if c.passive {
-                let port = c.tuple.local.port();
-                c.known_to_app = true;
+            let passive = sr.passive;
+            c.transition(|t| match t {
+                Tcb::SynReceived(s) => Tcb::Established(s.syn_acked()),
+                other => other,
+            });
+            c.known_to_app = true;
+            if passive {
                 self.counters.conns_accepted += 1;
                 self.events.push_back(Event::Accepted {
                     conn: id,
-                    listener: port,
+                    listener: c.tuple.local.port(),
                 });
             } else {
-                c.known_to_app = true;
                 self.counters.conns_connected += 1;
                 self.events.push_back(Event::Connected(id));
             }
         }
-        let c = self.conns.get_mut(&id).expect("exists");
 
-        // "If the ACK acks something not yet sent (SEG.ACK > SND.NXT), then
-        // send an ACK, drop the segment, and return."
-        if seg.ack.gt(c.snd_max) {
-            c.ack_now = true;
-            self.after(id);
-            return;
-        }
-        // "If SND.UNA < SEG.ACK =< SND.NXT, then set SND.UNA <- SEG.ACK."
-        if seg.ack.gt(c.snd_una) {
-            if !c.syn_acked() {
-                // The SYN's sequence number is not in the send buffer.
+        // ACK processing for the states that still have data or a FIN in
+        // flight (FIN-WAIT-2 and TIME-WAIT have nothing left to acknowledge).
+        if let Some(snd) = c.tcb.snd_mut() {
+            // "If the ACK acks something not yet sent (SEG.ACK > SND.NXT),
+            // then send an ACK, drop the segment, and return."
+            if seg.ack.gt(snd.snd_max) {
+                c.ack_now();
+                self.after(id);
+                return;
             }
-            let data_acked = seg.ack.diff(c.buf_seq).clamp(0, c.send_buf.len() as i32) as usize;
-            c.send_buf.drain(..data_acked);
-            c.buf_seq += data_acked as u32;
-            c.snd_una = seg.ack;
-            if c.snd_up.is_some_and(|up| up.le(seg.ack)) {
-                c.snd_up = None;
-            }
-            if c.snd_nxt.lt(c.snd_una) {
-                c.snd_nxt = c.snd_una;
-            }
-            if let Some((s, t)) = c.rtt_probe {
-                if seg.ack.ge(s) {
-                    c.rtt_probe = None;
-                    let r = now.saturating_duration_since(t);
-                    c.rtt_sample(r, &self.cfg);
-                }
-            }
-            c.retries = 0;
-            // RFC 6298 §5.2–5.3: all acked → stop the timer, else restart it.
-            c.retx_at = (c.snd_una != c.snd_max).then(|| now + c.rto);
-            if c.want_writable && c.send_space() > 0 && !c.fin_queued {
+            if snd.on_ack(now, seg.ack, &cfg)
+                && c.want_writable
+                && snd.send_space() > 0
+                && !snd.fin_queued
+            {
                 c.want_writable = false;
                 self.events.push_back(Event::Writable(id));
             }
-        }
-        // "If SND.UNA =< SEG.ACK =< SND.NXT, the send window should be
-        // updated. If (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and
-        // SND.WL2 =< SEG.ACK)), set SND.WND <- SEG.WND, set SND.WL1 <-
-        // SEG.SEQ, and set SND.WL2 <- SEG.ACK."
-        if c.snd_una.le(seg.ack)
-            && (c.snd_wl1.lt(seg.seq) || (c.snd_wl1 == seg.seq && c.snd_wl2.le(seg.ack)))
-        {
-            c.snd_wnd = seg.window as u32;
-            c.max_snd_wnd = c.max_snd_wnd.max(c.snd_wnd);
-            c.snd_wl1 = seg.seq;
-            c.snd_wl2 = seg.ack;
-        }
-        // Zero window with data waiting and nothing in flight: the
-        // retransmission timer becomes the persist timer.
-        if c.snd_wnd == 0 && c.unsent() > 0 && c.snd_una == c.snd_max && c.retx_at.is_none() {
-            c.retx_at = Some(now + c.rto);
-        }
-
-        let fin_acked = c.fin_acked();
-        match c.state {
-            // "In addition to the processing for the ESTABLISHED state, if
-            // the FIN segment is now acknowledged, then enter FIN-WAIT-2."
-            State::FinWait1 if fin_acked && !seg.has(FIN) => {
-                c.set_state(State::FinWait2);
-                if c.app_closed {
-                    c.close_at = Some(now + self.cfg.fin_wait2_timeout);
+            let snd = c.tcb.snd_mut().expect("still sending");
+            snd.update_window(now, seg);
+            let fin_acked = snd.fin_acked();
+            let fin_wait2_timeout = c.app_closed.then(|| now + cfg.fin_wait2_timeout);
+            match c.tcb.state() {
+                // "In addition to the processing for the ESTABLISHED state,
+                // if the FIN segment is now acknowledged, then enter
+                // FIN-WAIT-2." (A FIN in this very segment goes straight on
+                // to TIME-WAIT below.)
+                State::FinWait1 if fin_acked && !seg.has(FIN) => {
+                    c.transition(|t| match t {
+                        Tcb::FinWait1(s) => Tcb::FinWait2(s.fin_acked(fin_wait2_timeout)),
+                        other => other,
+                    });
                 }
+                // "If the ACK acknowledges our FIN, then enter the TIME-WAIT
+                // state."
+                State::Closing if fin_acked => {
+                    c.transition(|t| match t {
+                        Tcb::Closing(s) => Tcb::TimeWait(s.fin_acked(now + cfg.msl * 2)),
+                        other => other,
+                    });
+                }
+                // "The only thing that can arrive in this state is an
+                // acknowledgment of our FIN. If our FIN is now acknowledged,
+                // delete the TCB, enter the CLOSED state, and return."
+                State::LastAck if fin_acked => {
+                    self.remove(id, None);
+                    return;
+                }
+                _ => {}
             }
-            // "If the ACK acknowledges our FIN, then enter the TIME-WAIT state."
-            State::Closing if fin_acked => {
-                c.set_state(State::TimeWait);
-                c.close_at = Some(now + self.cfg.msl * 2);
-                c.retx_at = None;
-            }
-            // "The only thing that can arrive in this state is an
-            // acknowledgment of our FIN. If our FIN is now acknowledged,
-            // delete the TCB, enter the CLOSED state, and return."
-            State::LastAck if fin_acked => {
-                self.remove(id, None);
-                return;
-            }
-            _ => {}
         }
         if ack_only {
-            c.ack_now = true;
+            c.ack_now();
             self.after(id);
             return;
         }
 
         // Seventh, process the segment text.
+        let receives = c.tcb.receives_data();
+        let rcv = c.tcb.rcv_mut().expect("synchronized");
         let mut fin_in_order = seg.has(FIN);
         if !seg.payload.is_empty() {
-            if matches!(
-                c.state,
-                State::Established | State::FinWait1 | State::FinWait2
-            ) {
+            if receives {
                 // Trim what we already have (the acceptance test kept it
                 // because its end reaches into the window).
-                let skip = c.rcv_nxt.diff(seg.seq).max(0) as usize;
-                if skip > 0 || seg.seq == c.rcv_nxt {
+                let skip = rcv.rcv_nxt.diff(seg.seq).max(0) as usize;
+                if skip > 0 || seg.seq == rcv.rcv_nxt {
                     let data = &seg.payload[skip.min(seg.payload.len())..];
-                    let room = c.recv_cap.saturating_sub(c.recv_buf.len());
-                    let take = data.len().min(room).min(c.rcv_wnd() as usize);
-                    let mut filled_gap = false;
+                    let room = rcv.recv_cap.saturating_sub(rcv.recv_buf.len());
+                    let take = data.len().min(room).min(rcv.rcv_wnd() as usize);
                     if take > 0 {
-                        c.recv_buf.extend(&data[..take]);
-                        c.rcv_nxt += take as u32;
-                        filled_gap = c.drain_out_of_order();
+                        rcv.recv_buf.extend(&data[..take]);
+                        rcv.rcv_nxt += take as u32;
+                        if rcv.drain_out_of_order() {
+                            // RFC 5681 §4.2: a segment that fills a gap is
+                            // acknowledged at once.
+                            rcv.ack_now = true;
+                        }
                         self.events.push_back(Event::Readable(id));
-                    }
-                    if filled_gap {
-                        // RFC 5681 §4.2: a segment that fills a gap is
-                        // acknowledged at once.
-                        c.ack_now = true;
                     }
                     if take < data.len() {
                         // Window full: what did not fit comes again later.
                         fin_in_order = false;
-                        c.ack_now = true;
+                        rcv.ack_now = true;
                     } else {
-                        c.unacked_segs += 1;
+                        rcv.unacked_segs += 1;
                         // RFC 1122 §4.2.3.2 / RFC 5681 §4.2: ACK at least
                         // every second full-sized segment, else within the
                         // delayed-ACK timeout.
-                        if c.unacked_segs >= 2 || skip > 0 {
-                            c.ack_now = true;
-                        } else if c.ack_at.is_none() {
-                            c.ack_at = Some(now + self.cfg.delayed_ack);
+                        if rcv.unacked_segs >= 2 || skip > 0 {
+                            rcv.ack_now = true;
+                        } else if rcv.ack_at.is_none() {
+                            rcv.ack_at = Some(now + cfg.delayed_ack);
                         }
                     }
                 } else {
@@ -635,54 +587,55 @@ impl Stack {
                     // beginning sequence numbers SHOULD be held for later
                     // processing"): keep it, bounded by the window, and send
                     // a duplicate ACK saying what we expect.
-                    if c.hold_out_of_order(seg.seq, seg.payload) {
+                    if rcv.hold_out_of_order(seg.seq, seg.payload) {
                         self.counters.out_of_order_held += 1;
                     } else {
                         self.counters.drop_out_of_order += 1;
                     }
                     fin_in_order = false;
-                    c.ack_now = true;
+                    rcv.ack_now = true;
                 }
             } else {
                 // CLOSE-WAIT, CLOSING, LAST-ACK, TIME-WAIT: "This should not
                 // occur since a FIN has been received from the remote side.
                 // Ignore the segment text."
-                c.ack_now = true;
+                rcv.ack_now = true;
             }
         }
 
         // Eighth, check the FIN bit.
-        if fin_in_order && (seg.seq + seg_len - 1) == c.rcv_nxt && !c.peer_fin {
-            c.rcv_nxt += 1;
-            c.peer_fin = true;
-            c.ack_now = true;
+        let fin_here = fin_in_order && (seg.seq + seg_len - 1) == rcv.rcv_nxt;
+        if fin_here && !c.tcb.peer_closed() {
+            let rcv = c.tcb.rcv_mut().expect("synchronized");
+            rcv.rcv_nxt += 1;
+            rcv.ack_now = true;
             self.events.push_back(Event::Readable(id));
-            match c.state {
-                State::SynReceived | State::Established => c.set_state(State::CloseWait),
+            let fin_acked = c.tcb.snd().is_some_and(|s| s.fin_acked());
+            let expires = now + cfg.msl * 2;
+            c.transition(|t| match t {
+                Tcb::SynReceived(s) => Tcb::CloseWait(s.syn_acked().fin_received()),
+                Tcb::Established(s) => Tcb::CloseWait(s.fin_received()),
                 // "If our FIN has been ACKed (perhaps in this segment), then
                 // enter TIME-WAIT ... otherwise, enter the CLOSING state."
-                State::FinWait1 if c.fin_acked() => {
-                    c.set_state(State::TimeWait);
-                    c.close_at = Some(now + self.cfg.msl * 2);
-                    c.retx_at = None;
-                }
-                State::FinWait1 => c.set_state(State::Closing),
-                State::FinWait2 => {
-                    c.set_state(State::TimeWait);
-                    c.close_at = Some(now + self.cfg.msl * 2);
-                }
-                _ => {}
-            }
-        } else if fin_in_order && c.peer_fin {
-            c.ack_now = true;
+                Tcb::FinWait1(s) if fin_acked => Tcb::TimeWait(s.fin_received_fin_acked(expires)),
+                Tcb::FinWait1(s) => Tcb::Closing(s.fin_received()),
+                Tcb::FinWait2(s) => Tcb::TimeWait(s.fin_received(expires)),
+                other => other,
+            });
+        } else if fin_in_order && c.tcb.peer_closed() {
+            c.ack_now();
         }
-        if c.state == State::FinWait1 && c.fin_acked() {
-            c.set_state(State::FinWait2);
-            if c.app_closed {
-                c.close_at = Some(now + self.cfg.fin_wait2_timeout);
+        // Our FIN acknowledged by a segment whose own FIN could not be
+        // taken yet (data missing before it): FIN-WAIT-2 all the same.
+        if let Tcb::FinWait1(s) = &c.tcb {
+            if s.snd.fin_acked() {
+                let timeout = c.app_closed.then(|| now + cfg.fin_wait2_timeout);
+                c.transition(|t| match t {
+                    Tcb::FinWait1(s) => Tcb::FinWait2(s.fin_acked(timeout)),
+                    other => other,
+                });
             }
         }
-        let _ = cfg_mss;
         self.after(id);
     }
 
@@ -796,18 +749,19 @@ impl Stack {
             if c.scheduled == Some(t) {
                 c.scheduled = None;
             }
-            if c.close_at.is_some_and(|d| d <= now) {
+            if c.close_at().is_some_and(|d| d <= now) {
                 // TIME-WAIT over, or an orphaned FIN-WAIT-2 given up.
-                let error = None;
-                self.remove(id, error);
+                self.remove(id, None);
                 continue;
             }
-            if c.retx_at.is_some_and(|d| d <= now) {
-                c.retx_at = None;
-                if let Err(e) = c.on_retransmit_timeout(now, &self.cfg) {
-                    self.counters.conns_timed_out += 1;
-                    self.remove(id, Some(e));
-                    continue;
+            if let Some(snd) = c.tcb.snd_mut() {
+                if snd.retx_at.is_some_and(|d| d <= now) {
+                    snd.retx_at = None;
+                    if let Err(e) = snd.on_retransmit_timeout(now, &self.cfg) {
+                        self.counters.conns_timed_out += 1;
+                        self.remove(id, Some(e));
+                        continue;
+                    }
                 }
             }
             if c.keepalive_at.is_some_and(|d| d <= now) {
@@ -817,9 +771,11 @@ impl Stack {
                     continue;
                 }
             }
-            if c.ack_at.is_some_and(|d| d <= now) {
-                c.ack_at = None;
-                c.ack_now = true;
+            if let Some(rcv) = c.tcb.rcv_mut() {
+                if rcv.ack_at.is_some_and(|d| d <= now) {
+                    rcv.ack_at = None;
+                    rcv.ack_now = true;
+                }
             }
             self.after(id);
         }
@@ -834,16 +790,20 @@ impl Stack {
     /// `Writable` event follows when room frees up).
     pub fn send(&mut self, _now: Instant, conn: ConnId, data: &[u8]) -> Result<usize, Error> {
         let c = self.conns.get_mut(&conn).ok_or(Error::NotFound)?;
-        if c.fin_queued
-            || !matches!(
-                c.state,
-                State::SynSent | State::SynReceived | State::Established | State::CloseWait
-            )
-        {
+        // Data may be queued before the handshake completes and until the
+        // application closes its side.
+        let snd = match &mut c.tcb {
+            Tcb::SynSent(SynSent { snd })
+            | Tcb::SynReceived(SynReceived { snd, .. })
+            | Tcb::Established(Established { snd, .. })
+            | Tcb::CloseWait(CloseWait { snd, .. }) => snd,
+            _ => return Err(Error::WriteClosed),
+        };
+        if snd.fin_queued {
             return Err(Error::WriteClosed);
         }
-        let n = data.len().min(c.send_space());
-        c.send_buf.extend(&data[..n]);
+        let n = data.len().min(snd.send_space());
+        snd.send_buf.extend(&data[..n]);
         if n < data.len() {
             c.want_writable = true;
         }
@@ -861,7 +821,9 @@ impl Stack {
         let n = self.send(now, conn, data)?;
         if n > 0 {
             let c = self.conns.get_mut(&conn).expect("send succeeded");
-            c.snd_up = Some(c.buf_seq + c.send_buf.len() as u32);
+            if let Some(snd) = c.tcb.snd_mut() {
+                snd.snd_up = Some(snd.buf_seq + snd.send_buf.len() as u32);
+            }
         }
         Ok(n)
     }
@@ -871,23 +833,22 @@ impl Stack {
     pub fn recv(&mut self, _now: Instant, conn: ConnId, buf: &mut [u8]) -> Result<usize, Error> {
         let mss = self.cfg.mss;
         let c = self.conns.get_mut(&conn).ok_or(Error::NotFound)?;
-        if c.recv_buf.is_empty() {
-            return if c.peer_fin {
+        let peer_closed = c.tcb.peer_closed();
+        let Some(rcv) = c.tcb.rcv_mut() else {
+            return Err(Error::WouldBlock);
+        };
+        if rcv.recv_buf.is_empty() {
+            return if peer_closed {
                 Ok(0)
             } else {
                 Err(Error::WouldBlock)
             };
         }
-        let n = buf.len().min(c.recv_buf.len());
-        let (a, b) = c.recv_buf.as_slices();
-        let first = a.len().min(n);
-        buf[..first].copy_from_slice(&a[..first]);
-        buf[first..n].copy_from_slice(&b[..n - first]);
-        c.recv_buf.drain(..n);
+        let n = rcv.read(buf);
         // RFC 9293 §3.8.6.2.2: tell the peer once the window opened by at
         // least min(half the buffer, one MSS).
-        if c.window_update_due(mss) {
-            c.ack_now = true;
+        if rcv.window_update_due(mss) {
+            rcv.ack_now = true;
             self.after(conn);
         }
         Ok(n)
@@ -896,19 +857,21 @@ impl Stack {
     /// No more data will be sent: queue a FIN after what is buffered.
     pub fn shutdown_write(&mut self, _now: Instant, conn: ConnId) -> Result<(), Error> {
         let c = self.conns.get_mut(&conn).ok_or(Error::NotFound)?;
-        if c.fin_queued {
-            return Ok(());
-        }
-        match c.state {
+        match c.tcb.state() {
+            // "CLOSE in SYN-SENT: delete the TCB".
             State::SynSent => {
                 self.remove(conn, None);
                 return Ok(());
             }
-            State::SynReceived | State::Established => c.set_state(State::FinWait1),
-            State::CloseWait => c.set_state(State::LastAck),
+            State::SynReceived | State::Established | State::CloseWait => {}
             _ => return Ok(()),
         }
-        c.fin_queued = true;
+        c.transition(|t| match t {
+            Tcb::SynReceived(s) => Tcb::FinWait1(s.close()),
+            Tcb::Established(s) => Tcb::FinWait1(s.close()),
+            Tcb::CloseWait(s) => Tcb::LastAck(s.close()),
+            other => other,
+        });
         self.after(conn);
         Ok(())
     }
@@ -917,17 +880,15 @@ impl Stack {
     /// data; unread data makes it a reset (RFC 9293 §3.10.4, RFC 2525 §2.17).
     pub fn close(&mut self, now: Instant, conn: ConnId) -> Result<(), Error> {
         let c = self.conns.get_mut(&conn).ok_or(Error::NotFound)?;
-        if !c.recv_buf.is_empty() {
+        if c.tcb.rcv().is_some_and(|r| !r.recv_buf.is_empty()) {
             return self.abort(now, conn);
         }
         c.app_closed = true;
-        if c.state == State::FinWait2 && c.close_at.is_none() {
-            c.close_at = Some(now + self.cfg.fin_wait2_timeout);
-        }
         self.shutdown_write(now, conn)?;
+        // An orphaned FIN-WAIT-2 does not wait for ever.
         if let Some(c) = self.conns.get_mut(&conn) {
-            if c.state == State::FinWait2 && c.close_at.is_none() {
-                c.close_at = Some(now + self.cfg.fin_wait2_timeout);
+            if let Tcb::FinWait2(s) = &mut c.tcb {
+                s.timeout.get_or_insert(now + self.cfg.fin_wait2_timeout);
             }
         }
         self.after(conn);
@@ -937,7 +898,10 @@ impl Stack {
     /// Resets the connection at once (RFC 9293 §3.10.5 ABORT).
     pub fn abort(&mut self, _now: Instant, conn: ConnId) -> Result<(), Error> {
         let c = self.conns.get(&conn).ok_or(Error::NotFound)?;
-        if !matches!(c.state, State::SynSent | State::TimeWait | State::Closed) {
+        if !matches!(
+            c.tcb.state(),
+            State::SynSent | State::TimeWait | State::Closed
+        ) {
             let (seq, ack, flags) = c.reset_segment();
             self.resets.push_back(PendingRst {
                 tuple: c.tuple,
@@ -969,7 +933,7 @@ impl Stack {
 
     /// The state of a connection (None once released).
     pub fn state(&self, conn: ConnId) -> Option<State> {
-        self.conns.get(&conn).map(|c| c.state)
+        self.conns.get(&conn).map(|c| c.state())
     }
 
     /// The connection table.
