@@ -411,6 +411,12 @@ impl Stack {
             // "If an incoming segment is not acceptable, an acknowledgment
             // should be sent in reply (unless the RST bit is set)."
             self.counters.drop_not_acceptable += 1;
+            if seg.has(SYN) && !seg.has(RST) {
+                // RFC 5961 §4.2: a SYN, whatever its sequence number, gets a
+                // (rate-limited) challenge ACK.
+                self.challenge_ack(now, id);
+                return;
+            }
             if !seg.has(RST) {
                 c.ack_now();
                 self.after(id);

@@ -792,6 +792,50 @@ fn timers_scale_to_100k_connections() {
 }
 
 #[test]
+fn challenge_acks_are_rate_limited() {
+    let mut p2 = Peer::new();
+    p2.stack = Stack::new(Config {
+        challenge_ack_limit: 2,
+        ..config()
+    });
+    p2.stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+    p2.send_full(SYN, PEER_ISS, 0, 65535, &[], None, PORT);
+    p2.seq = PEER_ISS + 1;
+    p2.ack = p2.one().seq + 1;
+    p2.send(ACK, &[]);
+    let mut sent = 0;
+    for _ in 0..5 {
+        p2.send_raw(SYN, 1, 0, 65535, &[]);
+        sent += p2.outputs().len();
+    }
+    assert_eq!(sent, 2, "two challenge ACKs, then silence");
+    let counters: std::collections::HashMap<_, _> = p2.stack.counters().into_iter().collect();
+    assert_eq!(counters["challenge_acks"], 2);
+    assert_eq!(counters["challenge_acks_suppressed"], 3);
+    // A second later the budget is back.
+    p2.advance(Duration::from_secs(1));
+    p2.send_raw(SYN, 1, 0, 65535, &[]);
+    assert_eq!(p2.outputs().len(), 1);
+}
+
+#[test]
+fn a_peer_without_an_mss_option_gets_536_byte_segments() {
+    let mut p = Peer::new();
+    p.send_full(SYN, PEER_ISS, 0, 65535, &[], None, PORT);
+    p.seq = PEER_ISS + 1;
+    p.ack = p.one().seq + 1;
+    p.send(ACK, &[]);
+    let Some(Event::Accepted { conn: c, .. }) = p.events().first().copied() else {
+        panic!()
+    };
+    p.stack.send(p.now, c, &[5; 2000]).unwrap();
+    let sizes: Vec<usize> = p.outputs().iter().map(|o| o.payload.len()).collect();
+    assert_eq!(sizes, vec![536, 536, 536], "the short tail waits (Nagle)");
+    p.send_raw(ACK, p.seq, p.ack + 1608, 65535, &[]);
+    assert_eq!(p.one().payload.len(), 392);
+}
+
+#[test]
 fn close_with_unread_data_resets() {
     let (mut p, c) = Peer::established();
     p.send(ACK, b"unread");
