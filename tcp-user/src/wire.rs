@@ -194,7 +194,7 @@ impl<'a> TcpRepr<'a> {
 
     /// Bytes the header (with options) takes when emitted.
     pub fn header_len(&self) -> usize {
-        20 + if self.options.mss.is_some() { 4 } else { 0 }
+        20 + self.options.emitted_len()
     }
 
     /// Writes header and options into `buf` and copies the payload after
@@ -210,6 +210,7 @@ impl<'a> TcpRepr<'a> {
     }
 
     /// Writes only the header and options (the payload is the caller's).
+    /// `hl` must be `header_len()`.
     pub fn emit_header(&self, buf: &mut [u8], hl: usize) {
         buf[0..2].copy_from_slice(&self.src_port.to_be_bytes());
         buf[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
@@ -220,11 +221,56 @@ impl<'a> TcpRepr<'a> {
         buf[14..16].copy_from_slice(&self.window.to_be_bytes());
         buf[16..18].copy_from_slice(&[0, 0]);
         buf[18..20].copy_from_slice(&self.urgent.to_be_bytes());
-        if let Some(mss) = self.options.mss {
-            buf[20] = tcp_option::MSS;
-            buf[21] = 4;
-            buf[22..24].copy_from_slice(&mss.to_be_bytes());
+        self.options.emit(&mut buf[20..hl]);
+    }
+}
+
+impl TcpOptions {
+    /// Bytes these options take on the wire, padded to 32 bits.
+    pub fn emitted_len(&self) -> usize {
+        let raw: usize = self.mss.map_or(0, |_| 4)
+            + self.window_scale.map_or(0, |_| 3)
+            + if self.sack_permitted { 2 } else { 0 }
+            + self.timestamps.map_or(0, |_| 10);
+        raw.div_ceil(4) * 4
+    }
+
+    /// Writes the options in the layout Linux uses (MSS, SACK-permitted +
+    /// timestamps, NOP + window scale), NOP-padded to `out.len()`.
+    pub fn emit(&self, out: &mut [u8]) {
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            out[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
+        if let Some(mss) = self.mss {
+            let m = mss.to_be_bytes();
+            put(&[tcp_option::MSS, 4, m[0], m[1]]);
         }
+        match (self.sack_permitted, self.timestamps) {
+            (true, Some((val, ecr))) => {
+                put(&[tcp_option::SACK_PERMITTED, 2, tcp_option::TIMESTAMPS, 10]);
+                put(&val.to_be_bytes());
+                put(&ecr.to_be_bytes());
+            }
+            (false, Some((val, ecr))) => {
+                put(&[tcp_option::NOP, tcp_option::NOP, tcp_option::TIMESTAMPS, 10]);
+                put(&val.to_be_bytes());
+                put(&ecr.to_be_bytes());
+            }
+            (true, None) => put(&[
+                tcp_option::NOP,
+                tcp_option::NOP,
+                tcp_option::SACK_PERMITTED,
+                2,
+            ]),
+            (false, None) => {}
+        }
+        if let Some(shift) = self.window_scale {
+            put(&[tcp_option::NOP, tcp_option::WINDOW_SCALE, 3, shift]);
+        }
+        let end = at;
+        out[end..].fill(tcp_option::NOP);
     }
 }
 
@@ -333,6 +379,39 @@ mod tests {
             TcpOptions::parse(&[99, 2, 1, 0]).unwrap(),
             TcpOptions::default()
         );
+    }
+
+    #[test]
+    fn every_option_combination_round_trips() {
+        for mss in [None, Some(1460)] {
+            for ws in [None, Some(7)] {
+                for sack in [false, true] {
+                    for ts in [None, Some((7, 9))] {
+                        let opts = TcpOptions {
+                            mss,
+                            window_scale: ws,
+                            sack_permitted: sack,
+                            timestamps: ts,
+                        };
+                        let r = TcpRepr {
+                            src_port: 1,
+                            dst_port: 2,
+                            seq: SeqNum::new(3),
+                            ack: SeqNum::new(4),
+                            flags: tcp_flags::SYN,
+                            window: 5,
+                            urgent: 0,
+                            options: opts,
+                            payload: b"x",
+                        };
+                        let mut buf = [0u8; 80];
+                        let n = r.emit(SRC, DST, &mut buf);
+                        assert_eq!(n % 4, 1, "header padded to 32 bits");
+                        assert_eq!(TcpRepr::parse(SRC, DST, &buf[..n]).unwrap(), r);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

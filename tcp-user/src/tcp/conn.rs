@@ -42,6 +42,10 @@ pub(crate) struct Send {
     /// Highest sequence number sent so far (snd_nxt goes back on a timeout).
     pub snd_max: SeqNum,
     pub snd_wnd: u32,
+    /// The peer's window scale shift (RFC 7323 §2.3; 0 unless negotiated).
+    pub snd_wscale: u8,
+    /// The shift we offer in our SYN or SYN,ACK (None: no option sent).
+    pub wscale_offer: Option<u8>,
     pub snd_wl1: SeqNum,
     pub snd_wl2: SeqNum,
     /// Largest window the peer ever offered (sender SWS avoidance).
@@ -76,6 +80,8 @@ impl Send {
             snd_nxt: iss,
             snd_max: iss,
             snd_wnd: 0,
+            snd_wscale: 0,
+            wscale_offer: cfg.window_scaling.then(|| window_shift(cfg.recv_buffer)),
             snd_wl1: SeqNum::default(),
             snd_wl2: SeqNum::default(),
             max_snd_wnd: 0,
@@ -95,13 +101,31 @@ impl Send {
         }
     }
 
-    /// Takes what the peer's SYN tells the sender: its window and MSS.
-    pub fn learn_from_syn(&mut self, seg: &TcpRepr<'_>) {
+    /// Takes what the peer's SYN tells the sender: its window and MSS, and
+    /// whether window scaling is on. RFC 7323 §2.2: scaling is in effect
+    /// only when both SYNs carry the option, and "the window field in a
+    /// segment where the SYN bit is set MUST NOT be scaled". Returns the
+    /// shift our receive side uses (0 when scaling is off).
+    pub fn learn_from_syn(&mut self, seg: &TcpRepr<'_>) -> u8 {
         self.peer_mss = seg.options.mss.unwrap_or(DEFAULT_PEER_MSS).max(64);
+        let our_shift = match (self.wscale_offer, seg.options.window_scale) {
+            (Some(ours), Some(theirs)) => {
+                // "If a Window Scale option is received with a shift.cnt
+                // value larger than 14, the TCP SHOULD ... use 14".
+                self.snd_wscale = theirs.min(14);
+                ours
+            }
+            _ => {
+                self.wscale_offer = None;
+                self.snd_wscale = 0;
+                0
+            }
+        };
         self.snd_wnd = seg.window as u32;
         self.max_snd_wnd = self.snd_wnd;
         self.snd_wl1 = seg.seq;
         self.snd_wl2 = seg.ack;
+        our_shift
     }
 
     pub fn syn_acked(&self) -> bool {
@@ -184,7 +208,7 @@ impl Send {
         if self.snd_una.le(seg.ack)
             && (self.snd_wl1.lt(seg.seq) || (self.snd_wl1 == seg.seq && self.snd_wl2.le(seg.ack)))
         {
-            self.snd_wnd = seg.window as u32;
+            self.snd_wnd = (seg.window as u32) << self.snd_wscale;
             self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
             self.snd_wl1 = seg.seq;
             self.snd_wl2 = seg.ack;
@@ -238,6 +262,8 @@ pub(crate) struct Recv {
     pub rcv_adv: SeqNum,
     pub recv_buf: VecDeque<u8>,
     pub recv_cap: usize,
+    /// Our window scale shift (RFC 7323; 0 unless negotiated).
+    pub rcv_wscale: u8,
     /// Segments beyond a hole, sorted by sequence number, held until the
     /// hole fills; their total stays within the receive window.
     pub out_of_order: Vec<(SeqNum, Vec<u8>)>,
@@ -256,6 +282,7 @@ impl Recv {
             rcv_adv: irs + 1,
             recv_buf: VecDeque::new(),
             recv_cap: cfg.recv_buffer,
+            rcv_wscale: 0,
             out_of_order: Vec::new(),
             out_of_order_bytes: 0,
             ack_now: false,
@@ -264,11 +291,10 @@ impl Recv {
         }
     }
 
-    /// Free buffer space, at most 65535 without window scaling.
+    /// Free buffer space, at most what the window field can say.
     fn free_window(&self) -> u32 {
-        self.recv_cap
-            .saturating_sub(self.recv_buf.len())
-            .min(65_535) as u32
+        let max = 65_535usize << self.rcv_wscale;
+        self.recv_cap.saturating_sub(self.recv_buf.len()).min(max) as u32
     }
 
     fn sws_step(&self, our_mss: u16) -> i32 {
@@ -284,7 +310,20 @@ impl Recv {
         if right.diff(self.rcv_adv) >= self.sws_step(our_mss) || self.rcv_adv.lt(self.rcv_nxt) {
             self.rcv_adv = right;
         }
-        self.rcv_adv.diff(self.rcv_nxt).clamp(0, 65_535) as u16
+        // Scaled, rounded up so the advertised edge never moves left; the
+        // edge we track is the one the peer will compute.
+        let wnd = self.rcv_adv.diff(self.rcv_nxt).max(0) as u32;
+        let unit = 1u32 << self.rcv_wscale;
+        let field = wnd.div_ceil(unit).min(65_535);
+        self.rcv_adv = self.rcv_nxt + (field << self.rcv_wscale);
+        field as u16
+    }
+
+    /// The window for a SYN,ACK: never scaled (RFC 7323 §2.2).
+    pub fn syn_window(&self) -> u16 {
+        self.recv_cap
+            .saturating_sub(self.recv_buf.len())
+            .min(65_535) as u16
     }
 
     /// Whether reading freed enough room that the peer should hear of it.
@@ -640,6 +679,16 @@ impl Closing {
     }
 }
 
+/// The smallest window scale shift that lets the window field describe a
+/// buffer of `bytes` (RFC 7323 §2.3: at most 14).
+pub fn window_shift(bytes: usize) -> u8 {
+    let mut shift = 0;
+    while shift < 14 && (bytes >> shift) > 65_535 {
+        shift += 1;
+    }
+    shift
+}
+
 /// What the stack should count after an `emit`.
 #[derive(Default)]
 pub(crate) struct EmitStats {
@@ -867,7 +916,9 @@ fn emit_syn(
         Some(r) => {
             r.ack_now = false;
             r.ack_at = None;
-            (SYN | ACK, r.rcv_nxt, r.advertise(our_mss))
+            let w = r.syn_window();
+            r.rcv_adv = r.rcv_nxt + w as u32;
+            (SYN | ACK, r.rcv_nxt, w)
         }
         None => (SYN, SeqNum::default(), u16::MAX),
     };
@@ -881,6 +932,7 @@ fn emit_syn(
         urgent: 0,
         options: TcpOptions {
             mss: Some(our_mss),
+            window_scale: snd.wscale_offer,
             ..Default::default()
         },
         payload: &[],

@@ -150,6 +150,8 @@ pub struct Config {
     pub challenge_ack_limit: u32,
     /// Secret key of the RFC 6528 ISN generator (random in production).
     pub isn_secret: [u8; 16],
+    /// Offer and accept RFC 7323 window scaling (windows beyond 64 KiB).
+    pub window_scaling: bool,
 }
 
 /// Something the application should know about.
@@ -219,6 +221,7 @@ impl Default for Config {
             max_connections: 100_000,
             challenge_ack_limit: 1000,
             isn_secret: [0; 16],
+            window_scaling: true,
         }
     }
 }

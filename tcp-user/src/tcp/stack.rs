@@ -238,8 +238,9 @@ impl Stack {
         let id = self.new_id();
         let iss = self.isn(now, &tuple);
         let mut snd = Send::new(iss, &self.cfg);
-        snd.learn_from_syn(seg);
-        let rcv = Recv::new(seg.seq, &self.cfg);
+        let shift = snd.learn_from_syn(seg);
+        let mut rcv = Recv::new(seg.seq, &self.cfg);
+        rcv.rcv_wscale = shift;
         let c = Conn::new(
             id,
             tuple,
@@ -330,8 +331,9 @@ impl Stack {
         if !seg.has(SYN) {
             return;
         }
-        ss.snd.learn_from_syn(seg);
+        let shift = ss.snd.learn_from_syn(seg);
         let mut rcv = Recv::new(seg.seq, &self.cfg);
+        rcv.rcv_wscale = shift;
         if ack_ok {
             // "If SND.UNA > ISS (our SYN has been ACKed), change the
             // connection state to ESTABLISHED, form an ACK segment."

@@ -836,6 +836,67 @@ fn a_peer_without_an_mss_option_gets_536_byte_segments() {
 }
 
 #[test]
+fn window_scaling_is_negotiated_and_applied() {
+    use super::conn::window_shift;
+    assert_eq!(window_shift(65_535), 0);
+    assert_eq!(window_shift(256 * 1024), 3);
+    assert_eq!(window_shift(usize::MAX), 14);
+
+    // The peer offers shift 7: we answer with ours (3 for 256 KiB).
+    let mut p = Peer::new();
+    let syn = TcpRepr {
+        src_port: RPORT,
+        dst_port: PORT,
+        seq: SeqNum::new(PEER_ISS),
+        ack: SeqNum::new(0),
+        flags: SYN,
+        window: 100,
+        urgent: 0,
+        options: TcpOptions {
+            mss: Some(1460),
+            window_scale: Some(7),
+            ..Default::default()
+        },
+        payload: &[],
+    };
+    let mut buf = [0u8; 64];
+    let n = syn.emit(REMOTE, LOCAL, &mut buf);
+    p.stack.handle_segment(p.now, REMOTE, LOCAL, &buf[..n]);
+    p.seq = PEER_ISS + 1;
+    let mut out = [0u8; 128];
+    let t = p.stack.poll_transmit(p.now, &mut out).unwrap();
+    let synack = TcpRepr::parse(LOCAL, REMOTE, &out[..t.len]).unwrap();
+    assert_eq!(synack.options.window_scale, Some(3));
+    assert_eq!(synack.window, 65535, "a SYN,ACK's window is never scaled");
+    p.ack = synack.seq.get() + 1;
+    // The peer's window of 100 now means 100 << 7 = 12800 bytes.
+    p.send_raw(ACK, p.seq, p.ack, 100, &[]);
+    let Some(Event::Accepted { conn: c, .. }) = p.events().first().copied() else {
+        panic!()
+    };
+    p.stack.set_nodelay(c, true).unwrap();
+    p.stack.send(p.now, c, &[1; 20_000]).unwrap();
+    let sent: usize = p.outputs().iter().map(|o| o.payload.len()).sum();
+    // Eight full segments; the 1120-byte rest of the window waits (sender
+    // SWS avoidance: less than an MSS and less than half the window).
+    assert_eq!(sent, 8 * 1460);
+    // Our own window is advertised scaled by 3.
+    p.send(ACK, b"hi");
+    p.send(ACK, b"hi");
+    let o = p.outputs();
+    let w = o.last().unwrap().window as usize;
+    assert_eq!(w, (256 * 1024 - 4) / 8 + 1, "free space >> 3, rounded up");
+
+    // Without the option from the peer, no scaling either way.
+    let mut q = Peer::new();
+    q.send_full(SYN, PEER_ISS, 0, 100, &[], Some(1460), PORT);
+    let mut out = [0u8; 128];
+    let t = q.stack.poll_transmit(q.now, &mut out).unwrap();
+    let synack = TcpRepr::parse(LOCAL, REMOTE, &out[..t.len]).unwrap();
+    assert_eq!(synack.options.window_scale, None);
+}
+
+#[test]
 fn close_with_unread_data_resets() {
     let (mut p, c) = Peer::established();
     p.send(ACK, b"unread");
