@@ -346,6 +346,11 @@ fn bulk(name: &str, seed: u64, len: usize, a_to_b: Link, b_to_a: Link, cfg: Conf
     if sim.record {
         sim.write_pcap(name);
     }
+    let counters: std::collections::HashMap<_, _> = sim.a.counters().into_iter().collect();
+    eprintln!(
+        "{name} seed {seed}: sender rto_expirations={} fast_retransmits={} retransmits={}",
+        counters["rto_expirations"], counters["fast_retransmits"], counters["retransmits"]
+    );
     Outcome {
         received,
         a_states,

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tcp_common::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
 
+use super::cc::{CongestionControl, NewReno};
 use super::seq::SeqNum;
 use super::{is_transition, Config, ConnId, ConnInfo, Error, FourTuple, Instant, State};
 use crate::wire::{fill_checksum, TcpOptions, TcpRepr};
@@ -70,6 +71,18 @@ pub(crate) struct Send {
     /// Zero window with data waiting: the next timeout sends a one-byte
     /// probe instead (RFC 9293 §3.8.6.1).
     pub probe_pending: bool,
+    /// Sender MSS: the smaller of the peer's and ours.
+    pub smss: usize,
+    /// How many bytes may be in flight (RFC 5681).
+    pub cc: Box<dyn CongestionControl>,
+    /// Duplicate ACKs in a row (RFC 5681 §2 definition).
+    pub dupacks: u32,
+    /// In fast recovery until this sequence number is acknowledged
+    /// (RFC 6582's "recover").
+    pub recover: Option<SeqNum>,
+    /// A segment to retransmit at once, starting here (fast retransmit or
+    /// a NewReno partial ACK), without moving snd_nxt back.
+    pub fast_retx: Option<SeqNum>,
 }
 
 impl Send {
@@ -98,7 +111,17 @@ impl Send {
             retx_at: None,
             retries: 0,
             probe_pending: false,
+            smss: cfg.mss as usize,
+            cc: Box::new(NewReno::new(DEFAULT_PEER_MSS.min(cfg.mss) as usize)),
+            dupacks: 0,
+            recover: None,
+            fast_retx: None,
         }
+    }
+
+    /// Bytes sent and not yet acknowledged.
+    pub fn flight(&self) -> usize {
+        self.snd_max.diff(self.snd_una).max(0) as usize
     }
 
     /// Takes what the peer's SYN tells the sender: its window and MSS, and
@@ -108,6 +131,8 @@ impl Send {
     /// shift our receive side uses (0 when scaling is off).
     pub fn learn_from_syn(&mut self, seg: &TcpRepr<'_>) -> u8 {
         self.peer_mss = seg.options.mss.unwrap_or(DEFAULT_PEER_MSS).max(64);
+        self.smss = self.smss.min(self.peer_mss as usize);
+        self.cc = Box::new(NewReno::new(self.smss));
         let our_shift = match (self.wscale_offer, seg.options.window_scale) {
             (Some(ours), Some(theirs)) => {
                 // "If a Window Scale option is received with a shift.cnt
@@ -174,10 +199,13 @@ impl Send {
     /// =< SND.NXT: "set SND.UNA <- SEG.ACK. Any segments on the
     /// retransmission queue that are thereby entirely acknowledged are
     /// removed." Returns true if it acknowledged anything new.
-    pub fn on_ack(&mut self, now: Instant, ack: SeqNum, cfg: &Config) -> bool {
+    pub fn on_ack(&mut self, now: Instant, seg: &TcpRepr<'_>, cfg: &Config) -> bool {
+        let ack = seg.ack;
         if !ack.gt(self.snd_una) {
+            self.on_duplicate_ack(seg);
             return false;
         }
+        let acked = ack.diff(self.snd_una) as usize;
         let data_acked = ack.diff(self.buf_seq).clamp(0, self.send_buf.len() as i32) as usize;
         self.send_buf.drain(..data_acked);
         self.buf_seq += data_acked as u32;
@@ -188,16 +216,61 @@ impl Send {
         if self.snd_nxt.lt(self.snd_una) {
             self.snd_nxt = self.snd_una;
         }
+        if self.fast_retx.is_some_and(|s| s.lt(ack)) {
+            self.fast_retx = None;
+        }
         if let Some((s, t)) = self.rtt_probe {
             if ack.ge(s) {
                 self.rtt_probe = None;
                 self.rtt_sample(now.saturating_duration_since(t), cfg);
             }
         }
+        self.dupacks = 0;
+        match self.recover {
+            // RFC 6582 §3.2 step 6: a full acknowledgment ends recovery.
+            Some(recover) if ack.ge(recover) => {
+                self.recover = None;
+                let flight = self.flight();
+                self.cc.on_recovery_end(flight);
+            }
+            // Step 5: a partial acknowledgment: retransmit the first
+            // unacknowledged segment at once.
+            Some(_) => {
+                self.fast_retx = Some(self.snd_una);
+                self.cc.on_partial_ack(acked);
+            }
+            None if self.syn_acked() => self.cc.on_ack(acked),
+            None => {}
+        }
         self.retries = 0;
         // RFC 6298 §5.2–5.3: all acknowledged → stop the timer, else restart it.
         self.retx_at = (self.snd_una != self.snd_max).then(|| now + self.rto);
         true
+    }
+
+    /// RFC 5681 §2: an ACK is a duplicate when it carries no data, no SYN or
+    /// FIN, acknowledges SND.UNA with data outstanding, and does not change
+    /// the window. The third starts fast retransmit (§3.2); more during
+    /// recovery inflate the window by one segment each.
+    fn on_duplicate_ack(&mut self, seg: &TcpRepr<'_>) {
+        let window = (seg.window as u32) << self.snd_wscale;
+        let duplicate = seg.payload.is_empty()
+            && seg.flags & (SYN | FIN) == 0
+            && seg.ack == self.snd_una
+            && self.snd_una != self.snd_max
+            && window == self.snd_wnd;
+        if !duplicate {
+            return;
+        }
+        self.dupacks += 1;
+        if self.recover.is_some() {
+            self.cc.on_dup_ack_in_recovery();
+        } else if self.dupacks == 3 {
+            let flight = self.flight();
+            self.cc.on_fast_retransmit(flight);
+            self.recover = Some(self.snd_max);
+            self.fast_retx = Some(self.snd_una);
+        }
     }
 
     /// "If SND.UNA =< SEG.ACK =< SND.NXT, the send window should be updated.
@@ -244,6 +317,13 @@ impl Send {
         if zero_window_probe {
             self.probe_pending = true;
         } else {
+            if self.syn_acked() {
+                let flight = self.flight();
+                self.cc.on_rto(flight);
+            }
+            self.dupacks = 0;
+            self.recover = None;
+            self.fast_retx = None;
             self.snd_nxt = self.snd_una;
             // Karn's rule: no RTT sample from a retransmitted segment.
             self.rtt_probe = None;
@@ -693,6 +773,8 @@ pub fn window_shift(bytes: usize) -> u8 {
 #[derive(Default)]
 pub(crate) struct EmitStats {
     pub retransmit: bool,
+    /// The retransmission came from fast retransmit/recovery, not a timeout.
+    pub fast: bool,
 }
 
 /// One connection: its state plus what the stack and the application keep
@@ -996,7 +1078,24 @@ fn emit_data(
     let mss = (snd.peer_mss.min(our_mss) as usize).min(room).max(1);
     let offset = snd.snd_nxt.diff(snd.buf_seq).max(0) as usize;
     let unsent = snd.send_buf.len().saturating_sub(offset);
-    let usable = (snd.snd_una + snd.snd_wnd).diff(snd.snd_nxt).max(0) as usize;
+    if let Some(start) = snd.fast_retx.take() {
+        if let Some(len) = emit_retransmission(tuple, our_mss, snd, rcv, start, mss, buf) {
+            stats.retransmit = true;
+            stats.fast = true;
+            return Some(len);
+        }
+    }
+    // Send no more than both windows allow (RFC 5681 §3.1: min(cwnd, rwnd)).
+    // RFC 3042 limited transmit: the first two duplicate ACKs each let one
+    // new segment out beyond cwnd, to produce the ACKs fast retransmit needs.
+    let limited = if snd.recover.is_none() && snd.dupacks < 3 {
+        snd.dupacks as usize * snd.smss
+    } else {
+        0
+    };
+    let window = (snd.snd_wnd as usize).min(snd.cc.cwnd().max(snd.smss.min(mss)) + limited);
+    let in_flight_bytes = snd.snd_nxt.diff(snd.snd_una).max(0) as usize;
+    let usable = window.saturating_sub(in_flight_bytes);
     let mut n = unsent.min(usable).min(mss);
     let in_flight = snd.snd_nxt != snd.snd_una;
     if snd.probe_pending {
@@ -1078,6 +1177,65 @@ fn emit_data(
     snd.snd_nxt += seg_len;
     snd.snd_max = snd.snd_max.max(snd.snd_nxt);
     snd.retx_at.get_or_insert(now + snd.rto);
+    rcv.ack_now = false;
+    rcv.ack_at = None;
+    rcv.unacked_segs = 0;
+    Some(len)
+}
+
+/// One segment of already-sent data starting at `start` (fast retransmit,
+/// or a NewReno partial ACK), leaving snd_nxt where it is.
+fn emit_retransmission(
+    tuple: &FourTuple,
+    our_mss: u16,
+    snd: &mut Send,
+    rcv: &mut Recv,
+    start: SeqNum,
+    mss: usize,
+    buf: &mut [u8],
+) -> Option<usize> {
+    let header = 20;
+    let offset = start.diff(snd.buf_seq);
+    if offset < 0 || !start.lt(snd.snd_max) {
+        return None;
+    }
+    let offset = offset as usize;
+    let sent_end = snd.snd_max.diff(snd.buf_seq).max(0) as usize;
+    let n = sent_end
+        .min(snd.send_buf.len())
+        .saturating_sub(offset)
+        .min(mss)
+        .min(buf.len().saturating_sub(header));
+    let fin = snd
+        .fin_seq()
+        .is_some_and(|f| start + n as u32 == f && snd.snd_max.gt(f));
+    if n == 0 && !fin {
+        return None;
+    }
+    let mut flags = ACK;
+    if fin {
+        flags |= FIN;
+    }
+    let window = rcv.advertise(our_mss);
+    let repr = TcpRepr {
+        src_port: tuple.local.port(),
+        dst_port: tuple.remote.port(),
+        seq: start,
+        ack: rcv.rcv_nxt,
+        flags,
+        window,
+        urgent: 0,
+        options: TcpOptions::default(),
+        payload: &[],
+    };
+    repr.emit_header(buf, header);
+    for (i, b) in snd.send_buf.range(offset..offset + n).enumerate() {
+        buf[header + i] = *b;
+    }
+    let len = header + n;
+    fill_checksum(*tuple.local.ip(), *tuple.remote.ip(), &mut buf[..len]);
+    // Karn: nothing sent twice is timed.
+    snd.rtt_probe = None;
     rcv.ack_now = false;
     rcv.ack_at = None;
     rcv.unacked_segs = 0;

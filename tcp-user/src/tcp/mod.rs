@@ -19,6 +19,7 @@
 use core::time::Duration;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+pub mod cc;
 mod conn;
 pub mod seq;
 mod stack;

@@ -30,6 +30,8 @@ counters! {
     segments_in,
     segments_out,
     retransmits,
+    fast_retransmits,
+    rto_expirations,
     rst_sent,
     rst_received,
     challenge_acks,
@@ -337,7 +339,7 @@ impl Stack {
         if ack_ok {
             // "If SND.UNA > ISS (our SYN has been ACKed), change the
             // connection state to ESTABLISHED, form an ACK segment."
-            ss.snd.on_ack(now, seg.ack, &self.cfg);
+            ss.snd.on_ack(now, seg, &self.cfg);
             rcv.ack_now = true;
             c.transition(|t| match t {
                 Tcb::SynSent(s) => Tcb::Established(s.syn_acked(rcv)),
@@ -505,7 +507,7 @@ impl Stack {
                 self.after(id);
                 return;
             }
-            if snd.on_ack(now, seg.ack, &cfg)
+            if snd.on_ack(now, seg, &cfg)
                 && c.want_writable
                 && snd.send_space() > 0
                 && !snd.fin_queued
@@ -727,6 +729,9 @@ impl Stack {
                     if stats.retransmit {
                         self.counters.retransmits += 1;
                     }
+                    if stats.fast {
+                        self.counters.fast_retransmits += 1;
+                    }
                     return Some(Transmit {
                         src: *c.tuple.local.ip(),
                         dst: *c.tuple.remote.ip(),
@@ -765,6 +770,7 @@ impl Stack {
             if let Some(snd) = c.tcb.snd_mut() {
                 if snd.retx_at.is_some_and(|d| d <= now) {
                     snd.retx_at = None;
+                    self.counters.rto_expirations += 1;
                     if let Err(e) = snd.on_retransmit_timeout(now, &self.cfg) {
                         self.counters.conns_timed_out += 1;
                         self.remove(id, Some(e));

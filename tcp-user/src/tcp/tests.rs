@@ -897,6 +897,41 @@ fn window_scaling_is_negotiated_and_applied() {
 }
 
 #[test]
+fn three_duplicate_acks_trigger_fast_retransmit_and_newreno_recovery() {
+    let (mut p, c) = Peer::established();
+    p.stack.send(p.now, c, &[7; 10 * 1460]).unwrap();
+    let segs = p.outputs();
+    assert_eq!(segs.len(), 10, "initial window of 10 segments");
+    let base = p.ack;
+    // Segments 1 and 3 are lost; the peer ACKs what it has: the ACK of
+    // segment 0, then duplicates.
+    p.send_raw(ACK, p.seq, base + 1460, 65535, &[]);
+    p.outputs(); // new data may go out (window grew)
+    p.send_raw(ACK, p.seq, base + 1460, 65535, &[]);
+    p.send_raw(ACK, p.seq, base + 1460, 65535, &[]);
+    let limited = p.outputs();
+    assert!(
+        limited.iter().all(|s| s.seq != base + 1460),
+        "no retransmission before the 3rd"
+    );
+    p.send_raw(ACK, p.seq, base + 1460, 65535, &[]);
+    let o = p.outputs();
+    assert_eq!(
+        o.first().map(|s| s.seq),
+        Some(base + 1460),
+        "fast retransmit of the hole: {o:?}"
+    );
+    assert_eq!(o[0].payload.len(), 1460);
+    // A partial ACK (up to the second hole) retransmits the next hole at once.
+    p.send_raw(ACK, p.seq, base + 3 * 1460, 65535, &[]);
+    let o = p.outputs();
+    assert_eq!(o.first().map(|s| s.seq), Some(base + 3 * 1460), "{o:?}");
+    let counters: std::collections::HashMap<_, _> = p.stack.counters().into_iter().collect();
+    assert_eq!(counters["fast_retransmits"], 2);
+    assert_eq!(counters["rto_expirations"], 0);
+}
+
+#[test]
 fn close_with_unread_data_resets() {
     let (mut p, c) = Peer::established();
     p.send(ACK, b"unread");
