@@ -229,6 +229,11 @@ pub struct Endpoint {
 impl Endpoint {
     /// Starts the endpoint on the topology and waits for its READY line.
     pub fn start(topo: &Topology, extra: &[&str]) -> Endpoint {
+        Endpoint::start_with_env(topo, extra, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables.
+    pub fn start_with_env(topo: &Topology, extra: &[&str], env: &[(&str, &str)]) -> Endpoint {
         let bin = binary();
         let control = std::env::temp_dir().join(format!("{}.sock", topo.ep_ns));
         let stderr_log = std::env::temp_dir().join(format!("{}.log", topo.ep_ns));
@@ -239,6 +244,7 @@ impl Endpoint {
             .args(["run", "--iface", &topo.ep_if, "--control-socket"])
             .arg(&control)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -313,6 +319,35 @@ impl Endpoint {
                 panic!("timed out waiting for {what}; last snapshot: {s:#}");
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The endpoint's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

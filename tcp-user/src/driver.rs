@@ -30,6 +30,8 @@ use tokio::sync::mpsc;
 use crate::afxdp::{interface_queue_count, XskConfig, XskSocket};
 use crate::control::{ControlServer, Request, Snapshot};
 use crate::frame::{self, TxHeaders, TCP_OFFSET};
+use crate::notify;
+use crate::pcap::PcapWriter;
 use crate::services::{Service, Services};
 use crate::tcp::{self, Instant, Stack};
 use crate::xdp::{XdpAttachment, XdpMode};
@@ -50,6 +52,11 @@ pub struct RunConfig {
     pub xdp_mode: XdpMode,
     pub tcp: tcp::Config,
     pub control_socket: PathBuf,
+    /// Capture every frame received and sent to this pcap file.
+    pub pcap: Option<PathBuf>,
+    /// On SIGTERM/SIGINT: how long open connections may take to finish
+    /// before the rest are reset.
+    pub grace: Duration,
 }
 
 /// What the driver knows about the interface it serves.
@@ -194,6 +201,8 @@ struct Driver {
     /// The TX socket used next (round robin over the queues' sockets).
     tx_next: usize,
     counters: DriverCounters,
+    pcap: Option<PcapWriter>,
+    grace: Duration,
 }
 
 /// Runs the endpoint until SIGINT or SIGTERM. `ready` is called once when
@@ -269,8 +278,22 @@ async fn run_async(
         ip_id: 0,
         tx_next: 0,
         counters: DriverCounters::default(),
+        pcap: match &cfg.pcap {
+            Some(p) => Some(PcapWriter::create(p)?),
+            None => None,
+        },
+        grace: cfg.grace,
     };
     ready(&driver.iface, &ports);
+    let ports_text: Vec<String> = ports.iter().map(u16::to_string).collect();
+    if let Err(e) = notify::notify(&format!(
+        "READY=1\nSTATUS=serving {} on {} ports {}",
+        driver.iface.addr,
+        driver.iface.name,
+        ports_text.join(",")
+    )) {
+        tracing::warn!("could not notify systemd: {e}");
+    }
     driver.serve(req_rx).await
 }
 
@@ -313,8 +336,68 @@ impl Driver {
                 _ = sigint.recv() => break,
             }
         }
+        self.drain(&readiness, &mut requests, &mut sigterm, &mut sigint)
+            .await;
         self.shutdown();
         Ok(())
+    }
+
+    /// Graceful shutdown: accept nothing new, let open connections finish
+    /// for the grace period (TIME-WAIT counts as finished), then return.
+    /// A second signal cuts it short.
+    async fn drain(
+        &mut self,
+        readiness: &[AsyncFd<OwnedFd>],
+        requests: &mut mpsc::Receiver<Request>,
+        sigterm: &mut tokio::signal::unix::Signal,
+        sigint: &mut tokio::signal::unix::Signal,
+    ) {
+        let _ = notify::notify("STOPPING=1");
+        let ports: Vec<u16> = self.services.ports().collect();
+        for port in ports {
+            self.stack
+                .unlisten(SocketAddrV4::new(self.iface.addr, port));
+        }
+        let open = |d: &Driver| {
+            d.stack
+                .connections()
+                .iter()
+                .filter(|c| c.state != tcp::State::TimeWait)
+                .count()
+        };
+        let n = open(self);
+        if n == 0 || self.grace.is_zero() {
+            return;
+        }
+        tracing::info!("draining {n} connection(s) for up to {:?}", self.grace);
+        let until = tokio::time::Instant::now() + self.grace;
+        loop {
+            while self.turn() {
+                tokio::task::yield_now().await;
+            }
+            if open(self) == 0 {
+                tracing::info!("all connections finished");
+                return;
+            }
+            let deadline = self
+                .stack
+                .poll_timeout()
+                .map(|t| self.clock.deadline(t).min(until))
+                .unwrap_or(until);
+            tokio::select! {
+                _ = any_readable(readiness) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                Some(req) = requests.recv() => {
+                    let _ = req.send(self.snapshot());
+                }
+                _ = sigterm.recv() => return,
+                _ = sigint.recv() => return,
+            }
+            if tokio::time::Instant::now() >= until {
+                tracing::info!("grace period over: resetting {} connection(s)", open(self));
+                return;
+            }
+        }
     }
 
     /// One turn of the loop; true when work is left for an immediate next turn.
@@ -327,8 +410,12 @@ impl Driver {
             let macs = &mut self.peer_macs;
             let counters = &mut self.counters;
             let local = self.iface.addr;
+            let pcap = &mut self.pcap;
             let n = sock.recv_batch(RX_BATCH, |bytes| {
                 counters.rx_frames += 1;
+                if let Some(p) = pcap.as_mut() {
+                    p.write(bytes);
+                }
                 match frame::parse(bytes) {
                     Ok(f) if f.dst == local => {
                         macs.insert(f.src, f.src_mac);
@@ -348,6 +435,9 @@ impl Driver {
             self.services.handle(&mut self.stack, now, ev);
         }
         let tx_blocked = self.transmit(now);
+        if let Some(p) = self.pcap.as_mut() {
+            p.flush();
+        }
         full_batch || tx_blocked
     }
 
@@ -367,6 +457,7 @@ impl Driver {
             let counters = &mut self.counters;
             let src_mac = self.iface.mac;
             let ip_id = &mut self.ip_id;
+            let pcap = &mut self.pcap;
             let mut produced = false;
             let mut emit = |buf: &mut [u8]| -> usize {
                 if buf.len() <= TCP_OFFSET {
@@ -392,7 +483,11 @@ impl Driver {
                         ip_id: *ip_id,
                     };
                     counters.tx_segments += 1;
-                    return frame::write_headers(buf, &h, t.len);
+                    let len = frame::write_headers(buf, &h, t.len);
+                    if let Some(p) = pcap.as_mut() {
+                        p.write(&buf[..len]);
+                    }
+                    return len;
                 }
             };
             let took_frame = sock.send_with(&mut emit);

@@ -13,6 +13,8 @@ pub mod control;
 pub mod diagram;
 pub mod driver;
 pub mod frame;
+pub mod notify;
+pub mod pcap;
 pub mod services;
 pub mod tcp;
 pub mod wire;

@@ -62,6 +62,13 @@ struct RunArgs {
     /// Control socket for `tcp-user stat` [default: /run/tcp-user/IFACE.sock].
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    /// Write every frame received and sent to this pcap file.
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, how long open connections may take to finish
+    /// before the rest are reset, in ms.
+    #[arg(long, default_value_t = 5000)]
+    grace_ms: u64,
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log: tracing::Level,
@@ -165,6 +172,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         xdp_mode: args.xdp_mode,
         tcp,
         control_socket,
+        pcap: args.pcap,
+        grace: Duration::from_millis(args.grace_ms),
     };
     driver::run(cfg, |iface, ports| {
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();

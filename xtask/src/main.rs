@@ -68,6 +68,7 @@ const APT_PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "python3-scapy",
     "graphviz",
+    "systemd",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

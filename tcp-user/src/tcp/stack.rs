@@ -124,6 +124,11 @@ impl Stack {
         Ok(())
     }
 
+    /// Stops accepting on `local`; connections already open carry on.
+    pub fn unlisten(&mut self, local: SocketAddrV4) -> bool {
+        self.listeners.remove(&local)
+    }
+
     /// Active open: send a SYN to `remote` from `local` (CLOSED → SYN-SENT).
     pub fn connect(
         &mut self,

@@ -1,0 +1,178 @@
+//! Operating the endpoint: systemd readiness, graceful SIGTERM, pcap.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddrV4, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Duration;
+
+use e2e_tests::{binary, Endpoint, Topology};
+
+fn connect(addr: SocketAddrV4) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.set_write_timeout(Some(Duration::from_secs(20)))?;
+    Ok(s)
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    // The unit as shipped, with ExecStart pointing at the binary under test
+    // (verify checks that the executable exists).
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/tcp-user@.service"
+    ))
+    .expect("deploy/tcp-user@.service");
+    assert!(unit.contains("Type=notify"));
+    let dir = std::env::temp_dir().join(format!("tcpu-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unit = unit.replace("/usr/local/bin/tcp-user", &binary().display().to_string());
+    std::fs::write(dir.join("tcp-user@.service"), unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.join("tcp-user@lo.service"))
+        .env("SYSTEMD_LOG_LEVEL", "warning")
+        .output()
+        .expect("systemd-analyze (package systemd)");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify failed: {err}");
+    assert!(
+        !err.contains("tcp-user@"),
+        "systemd-analyze complained about the unit: {err}"
+    );
+}
+
+#[test]
+fn readiness_is_notified_only_once_xdp_is_attached() {
+    let topo = Topology::new("ntfy", 30);
+    let path = std::env::temp_dir().join(format!("tcpu-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixDatagram::bind(&path).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (ep_ns, ep_if) = (topo.ep_ns.clone(), topo.ep_if.clone());
+    let waiter = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        let n = listener.recv(&mut buf).expect("a notification");
+        // Check the interface the moment READY arrives.
+        let link = Command::new("ip")
+            .args(["-n", &ep_ns, "-d", "link", "show", &ep_if])
+            .output()
+            .unwrap();
+        let attached = String::from_utf8_lossy(&link.stdout).contains("prog/xdp");
+        tx.send((String::from_utf8_lossy(&buf[..n]).into_owned(), attached))
+            .unwrap();
+    });
+    let mut ep = Endpoint::start_with_env(&topo, &[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let (msg, attached) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("READY=1 sent");
+    waiter.join().unwrap();
+    assert!(msg.starts_with("READY=1"), "{msg:?}");
+    assert!(attached, "READY=1 came before XDP was attached");
+    ep.stop();
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn sigterm_lets_open_connections_finish_then_exits_cleanly() {
+    let topo = Topology::new("grace", 31);
+    let mut ep = Endpoint::start(&topo, &["--grace-ms", "10000"]);
+    let addr = SocketAddrV4::new(topo.ep_addr, 7);
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let client = topo.spawn_in_client(move || {
+        let mut s = connect(addr).unwrap();
+        s.write_all(b"before").unwrap();
+        let mut buf = [0u8; 6];
+        s.read_exact(&mut buf).unwrap();
+        opened_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        // The endpoint is draining: this connection still works...
+        s.write_all(b"during").unwrap();
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"during");
+        // ...but new ones are refused.
+        let refused = connect(addr).err().map(|e| e.kind());
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        refused
+    });
+    opened_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let pid = ep.pid().expect("running");
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(ep.is_running(), "exited before its connection finished");
+    go_tx.send(()).unwrap();
+    let refused = client.join().unwrap();
+    assert_eq!(refused, Some(std::io::ErrorKind::ConnectionRefused));
+    let status = ep
+        .wait(Duration::from_secs(5))
+        .expect("exited after the connection closed");
+    assert!(status.success(), "{status}");
+    assert!(!topo.xdp_attached());
+}
+
+#[test]
+fn sigterm_resets_what_outlives_the_grace_period() {
+    let topo = Topology::new("grace2", 32);
+    let mut ep = Endpoint::start(&topo, &["--grace-ms", "500"]);
+    let addr = SocketAddrV4::new(topo.ep_addr, 7);
+    let s = topo.in_client(move || connect(addr).unwrap());
+    let pid = ep.pid().unwrap();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = ep
+        .wait(Duration::from_secs(5))
+        .expect("exited after the grace period");
+    assert!(status.success());
+    let mut s = s;
+    let mut buf = [0u8; 4];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected a reset, got {r:?}"
+    );
+}
+
+#[test]
+fn pcap_holds_the_handshake() {
+    let topo = Topology::new("pcap", 33);
+    let file = std::env::temp_dir().join(format!("tcpu-{}.pcap", std::process::id()));
+    let mut ep = Endpoint::start(&topo, &["--pcap", file.to_str().unwrap()]);
+    let addr = SocketAddrV4::new(topo.ep_addr, 7);
+    topo.in_client(move || {
+        let mut s = connect(addr).unwrap();
+        s.write_all(b"pcap").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+    });
+    ep.stop();
+    let out = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(&file)
+        .output()
+        .expect("tcpdump");
+    let _ = std::fs::remove_file(&file);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tcpdump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ep_port = format!("{}.7 ", topo.ep_addr);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("Flags [S]") && l.contains(&format!("> {}", ep_port.trim_end()))),
+        "no SYN in:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("Flags [S.]") && l.contains(&ep_port)),
+        "no SYN-ACK in:\n{text}"
+    );
+}
