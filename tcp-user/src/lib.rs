@@ -9,6 +9,7 @@
 //! - [`driver`]: the tokio driver joining all of the above.
 
 pub mod afxdp;
+pub mod config;
 pub mod control;
 pub mod diagram;
 pub mod driver;

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tcp_user::config;
 use tcp_user::control;
 use tcp_user::driver::{self, RunConfig};
 use tcp_user::services::{Service, ServiceSpec};
-use tcp_user::tcp;
 use tcp_user::xdp::XdpMode;
 
 /// A kernel-bypass TCP endpoint: XDP steers the segments of its ports into
@@ -34,9 +34,13 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Interface to attach to (for example eth0).
+    /// A TOML configuration file; the flags below override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Interface to attach to (for example eth0); required here or in the
+    /// configuration file.
     #[arg(long)]
-    iface: String,
+    iface: Option<String>,
     /// The endpoint's IPv4 address [default: the interface's first IPv4 address].
     #[arg(long)]
     addr: Option<Ipv4Addr>,
@@ -47,9 +51,10 @@ struct RunArgs {
     /// AF_XDP sockets to open, one per RX queue [default: every queue].
     #[arg(long)]
     queues: Option<u32>,
-    /// XDP attach mode: auto (native, else generic), native or generic.
-    #[arg(long, default_value = "auto")]
-    xdp_mode: XdpMode,
+    /// XDP attach mode: auto (native, else generic), native or generic
+    /// [default: auto].
+    #[arg(long)]
+    xdp_mode: Option<XdpMode>,
     /// Maximum segment lifetime in ms; TIME-WAIT lasts twice this.
     #[arg(long)]
     msl_ms: Option<u64>,
@@ -66,12 +71,12 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
     /// On SIGTERM/SIGINT, how long open connections may take to finish
-    /// before the rest are reset, in ms.
-    #[arg(long, default_value_t = 5000)]
-    grace_ms: u64,
-    /// Log level on stderr: error, warn, info, debug or trace.
-    #[arg(long, default_value = "info")]
-    log: tracing::Level,
+    /// before the rest are reset, in ms [default: 5000].
+    #[arg(long)]
+    grace_ms: Option<u64>,
+    /// Log level on stderr: error, warn, info, debug or trace [default: info].
+    #[arg(long)]
+    log: Option<tracing::Level>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -135,11 +140,19 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    // The file first (its errors name file, line and key), then the flags.
+    let file = match &args.config {
+        Some(path) => config::load(path)?,
+        None => config::FileConfig::default(),
+    };
     tracing_subscriber::fmt()
-        .with_max_level(args.log)
+        .with_max_level(args.log.or(file.log).unwrap_or(tracing::Level::INFO))
         .with_writer(std::io::stderr)
         .init();
-    let mut tcp = tcp::Config::default();
+    let iface = args.iface.or(file.interface).ok_or_else(|| {
+        anyhow::anyhow!("no interface: give --iface or set `interface` in --config")
+    })?;
+    let mut tcp = file.tcp;
     if let Some(ms) = args.msl_ms {
         tcp.msl = Duration::from_millis(ms);
     }
@@ -150,10 +163,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tcp.min_rto = Duration::from_millis(ms);
     }
     tcp.isn_secret = random_secret()?;
-    let services: Vec<(Service, u16)> = if args.services.is_empty() {
-        Service::defaults()
-    } else {
+    let services: Vec<(Service, u16)> = if !args.services.is_empty() {
         args.services.iter().map(|s| (s.service, s.port)).collect()
+    } else if !file.services.is_empty() {
+        file.services
+    } else {
+        Service::defaults()
     };
     let mut seen = std::collections::HashSet::new();
     for (_, port) in &services {
@@ -163,17 +178,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let control_socket = args
         .control_socket
-        .unwrap_or_else(|| control::default_socket_path(&args.iface));
+        .or(file.control_socket)
+        .unwrap_or_else(|| control::default_socket_path(&iface));
     let cfg = RunConfig {
-        iface: args.iface,
-        addr: args.addr,
+        iface,
+        addr: args.addr.or(file.address),
         services,
-        queues: args.queues,
-        xdp_mode: args.xdp_mode,
+        queues: args.queues.or(file.queues),
+        xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or(XdpMode::Auto),
         tcp,
         control_socket,
-        pcap: args.pcap,
-        grace: Duration::from_millis(args.grace_ms),
+        pcap: args.pcap.or(file.pcap),
+        grace: args
+            .grace_ms
+            .map(Duration::from_millis)
+            .or(file.grace)
+            .unwrap_or(Duration::from_secs(5)),
     };
     driver::run(cfg, |iface, ports| {
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();

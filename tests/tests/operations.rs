@@ -176,3 +176,94 @@ fn pcap_holds_the_handshake() {
         "no SYN-ACK in:\n{text}"
     );
 }
+
+#[test]
+fn config_file_errors_are_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("tcpu-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: &[(&str, &str)] = &[
+        (
+            "address = \"x\"\n",
+            ":1: key `address`: \"x\" is not an IPv4 address",
+        ),
+        (
+            "[tcp]\nmsl_ms = 0\n",
+            ":2: key `tcp.msl_ms`: must be at least 1 ms",
+        ),
+        (
+            "[tcp]\nwindow_scaling = \"yes\"\n",
+            ":2: key `tcp.window_scaling`: invalid type",
+        ),
+        ("bogus = true\n", ":1: key `bogus`: unknown field `bogus`"),
+        (
+            "[[service]]\nname = \"echo\"\nport = 7\n[[service]]\nname = \"discard\"\nport = 7\n",
+            ":6: key `service.port`: port 7 is given to more than one service",
+        ),
+        ("this is not toml\n", ":1"),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let file = dir.join(format!("case{i}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(binary())
+            .args(["run", "--iface", "lo", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text:?} accepted");
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+        let expect = format!("tcp-user: config {}{want}", file.display());
+        assert!(
+            err.starts_with(&expect),
+            "for {text:?}\n got: {err}\nwant: {expect}"
+        );
+        assert!(!err.contains("panicked"));
+    }
+    let missing = Command::new(binary())
+        .args(["run", "--config", "/nonexistent/tcp-user.toml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr)
+        .contains("/nonexistent/tcp-user.toml: cannot read it"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_config_file_drives_the_endpoint_and_flags_override_it() {
+    let topo = Topology::new("cfg", 34);
+    let file = std::env::temp_dir().join(format!("tcpu-cfg-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        format!(
+            "interface = \"{}\"\nxdp_mode = \"generic\"\n[[service]]\nname = \"echo\"\nport = 7007\n[tcp]\nmsl_ms = 100\n",
+            topo.ep_if
+        ),
+    )
+    .unwrap();
+    // `--iface` comes from the file; the harness passes it too, which must agree.
+    let ep = Endpoint::start(
+        &topo,
+        &["--config", file.to_str().unwrap(), "--xdp-mode", "native"],
+    );
+    assert!(ep.ready_line.ends_with("ports=7007"), "{}", ep.ready_line);
+    assert!(
+        ep.log().contains("Native mode"),
+        "the flag overrode xdp_mode: {}",
+        ep.log()
+    );
+    let addr = SocketAddrV4::new(topo.ep_addr, 7007);
+    let back = topo.in_client(move || {
+        let mut s = connect(addr).unwrap();
+        s.write_all(b"configured").unwrap();
+        let mut buf = [0u8; 10];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    });
+    assert_eq!(&back, b"configured");
+    // TIME-WAIT of 2 x 100 ms from the file: the connection is soon gone.
+    ep.wait_for(Duration::from_secs(5), "TIME-WAIT to end", |s| {
+        s["connections"].as_array().unwrap().is_empty()
+    });
+    let _ = std::fs::remove_file(&file);
+}
