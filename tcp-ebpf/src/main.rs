@@ -23,6 +23,7 @@ use tcp_common::{
     MAX_LISTEN_PORTS, MAX_QUEUES,
 };
 
+use aya_log_ebpf::debug;
 use packet::Packet;
 
 /// Listening ports, keyed by host-order port number.
@@ -52,6 +53,11 @@ const MAX_TCP_LEN: usize = 1480;
 pub fn tcp_xdp(ctx: XdpContext) -> u32 {
     let (verdict, action) = classify(&ctx);
     count(verdict);
+    if action == xdp_action::XDP_DROP {
+        // Shown when tcp-user runs with --log debug (the loader sets the
+        // level); the counters are the record that is always kept.
+        debug!(&ctx, "XDP dropped an owned segment: {}", verdict.name());
+    }
     action
 }
 

@@ -438,6 +438,14 @@ congestion = "newreno"
     }
 
     #[test]
+    fn the_shipped_default_file_is_valid() {
+        let text = include_str!("../../deploy/tcp-user.toml");
+        let c = check(text).unwrap();
+        assert_eq!(c.services.len(), 3);
+        assert_eq!(c.tcp.msl, Duration::from_secs(30));
+    }
+
+    #[test]
     fn unreadable_files_are_named() {
         let e = load(Path::new("/nonexistent/tcp-user.toml")).unwrap_err();
         assert!(e

@@ -57,6 +57,8 @@ pub struct RunConfig {
     /// On SIGTERM/SIGINT: how long open connections may take to finish
     /// before the rest are reset.
     pub grace: Duration,
+    /// Level of the XDP program's own log records (aya-log).
+    pub log_level: tracing::Level,
 }
 
 /// What the driver knows about the interface it serves.
@@ -223,7 +225,8 @@ async fn run_async(
     let xsk_cfg = XskConfig::default();
     cfg.tcp.mss = iface.mss(xsk_cfg.frame_size);
 
-    let mut xdp = XdpAttachment::load(Some(iface.addr)).context("loading the XDP program")?;
+    let mut xdp = XdpAttachment::load_with_log_level(Some(iface.addr), cfg.log_level)
+        .context("loading the XDP program")?;
 
     let available = interface_queue_count(&iface.name)?;
     let queues = match cfg.queues {
@@ -301,6 +304,8 @@ impl Driver {
     async fn serve(&mut self, mut requests: mpsc::Receiver<Request>) -> anyhow::Result<()> {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
+        let mut log_tick = tokio::time::interval(Duration::from_millis(250));
+        log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let readiness: Vec<AsyncFd<OwnedFd>> = self
             .sockets
             .iter()
@@ -329,6 +334,7 @@ impl Driver {
             tokio::select! {
                 _ = any_readable(&readiness) => {}
                 _ = sleep => {}
+                _ = log_tick.tick() => self.xdp.flush_logs(),
                 Some(req) = requests.recv() => {
                     let _ = req.send(self.snapshot());
                 }
@@ -338,6 +344,7 @@ impl Driver {
         }
         self.drain(&readiness, &mut requests, &mut sigterm, &mut sigint)
             .await;
+        self.xdp.flush_logs();
         self.shutdown();
         Ok(())
     }

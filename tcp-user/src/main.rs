@@ -145,8 +145,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => config::load(path)?,
         None => config::FileConfig::default(),
     };
+    let log_level = args.log.or(file.log).unwrap_or(tracing::Level::INFO);
+    // Also the sink of the `log` records aya-log produces from the XDP
+    // program's own messages (tracing-subscriber installs the bridge).
     tracing_subscriber::fmt()
-        .with_max_level(args.log.or(file.log).unwrap_or(tracing::Level::INFO))
+        .with_max_level(log_level)
         .with_writer(std::io::stderr)
         .init();
     let iface = args.iface.or(file.interface).ok_or_else(|| {
@@ -194,6 +197,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(Duration::from_millis)
             .or(file.grace)
             .unwrap_or(Duration::from_secs(5)),
+        log_level,
     };
     driver::run(cfg, |iface, ports| {
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();

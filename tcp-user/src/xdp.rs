@@ -62,15 +62,43 @@ pub struct XdpAttachment {
     xsks: XskMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     attached: Option<(String, XdpMode)>,
+    /// Reads the program's aya-log records into the process's log stream.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl XdpAttachment {
     /// Loads the program (through the verifier) and configures the
     /// endpoint's address; nothing is attached yet.
     pub fn load(local_ip: Option<Ipv4Addr>) -> anyhow::Result<Self> {
+        Self::load_with_log_level(local_ip, tracing::Level::INFO)
+    }
+
+    /// Like [`load`](Self::load); the program's own log statements at
+    /// `level` and above reach this process's log stream.
+    pub fn load_with_log_level(
+        local_ip: Option<Ipv4Addr>,
+        level: tracing::Level,
+    ) -> anyhow::Result<Self> {
         let object = embedded_object()?;
-        let mut ebpf = Ebpf::load(bytemuck::cast_slice(&object))
+        // aya-log-common's numbering: Error = 1 ... Trace = 5.
+        let ebpf_level: u8 = match level {
+            tracing::Level::ERROR => 1,
+            tracing::Level::WARN => 2,
+            tracing::Level::INFO => 3,
+            tracing::Level::DEBUG => 4,
+            tracing::Level::TRACE => 5,
+        };
+        let mut ebpf = aya::EbpfLoader::new()
+            .override_global("AYA_LOG_LEVEL", &ebpf_level, false)
+            .load(bytemuck::cast_slice(&object))
             .context("loading the eBPF object (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!("no eBPF log records: {e}");
+                None
+            }
+        };
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("the eBPF object has no map {name}"))
@@ -97,6 +125,7 @@ impl XdpAttachment {
             xsks,
             counters,
             attached: None,
+            logger,
         })
     }
 
@@ -165,6 +194,13 @@ impl XdpAttachment {
         };
         self.attached = Some((iface.to_owned(), got));
         Ok(got)
+    }
+
+    /// Passes the program's pending log records on (non-blocking).
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
     }
 
     /// The verdict counters, summed over CPUs, in `Verdict::ALL` order.

@@ -267,3 +267,67 @@ fn a_config_file_drives_the_endpoint_and_flags_override_it() {
     });
     let _ = std::fs::remove_file(&file);
 }
+
+/// Sends one SYN with a wrong TCP checksum from the client namespace.
+fn inject_bad_checksum(topo: &Topology) {
+    let mac = Command::new("ip")
+        .args(["netns", "exec", &topo.ep_ns, "cat"])
+        .arg(format!("/sys/class/net/{}/address", topo.ep_if))
+        .output()
+        .unwrap();
+    let mac = String::from_utf8(mac.stdout).unwrap();
+    let script = format!(
+        "from scapy.all import Ether, IP, TCP, sendp\n\
+         sendp(Ether(dst='{}')/IP(src='{}', dst='{}')/TCP(sport=4321, dport=7, flags='S', chksum=0xbad), iface='{}', verbose=False)\n",
+        mac.trim(),
+        topo.cl_addr,
+        topo.ep_addr,
+        topo.cl_if
+    );
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.cl_ns,
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn xdp_log_records_join_the_log_stream_at_debug_level() {
+    let topo = Topology::new("alog", 35);
+    let mut ep = Endpoint::start(&topo, &["--log", "debug"]);
+    inject_bad_checksum(&topo);
+    ep.wait_for(Duration::from_secs(5), "the drop to be counted", |s| {
+        s["xdp"]["drop_bad_tcp_checksum"] == 1
+    });
+    let mut found = false;
+    for _ in 0..50 {
+        if ep
+            .log()
+            .contains("XDP dropped an owned segment: drop_bad_tcp_checksum")
+        {
+            found = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(found, "no eBPF log record in:\n{}", ep.log());
+    ep.stop();
+
+    // At the default level the program does not even emit it.
+    let topo = Topology::new("alog2", 36);
+    let mut ep = Endpoint::start(&topo, &[]);
+    inject_bad_checksum(&topo);
+    ep.wait_for(Duration::from_secs(5), "the drop to be counted", |s| {
+        s["xdp"]["drop_bad_tcp_checksum"] == 1
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    ep.stop();
+    assert!(!ep.log().contains("XDP dropped"), "{}", ep.log());
+}

@@ -50,6 +50,13 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
     },
+    /// Release build, then install the binary, the systemd unit and a
+    /// default configuration (kept if one exists).
+    Install {
+        /// Install under this directory instead of / (for packaging).
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
     /// Write docs/tcp-states.dot and .svg from the engine's transition table.
     StateDiagram {
         /// Only check that the committed diagram matches the code.
@@ -84,6 +91,7 @@ fn main() -> ExitCode {
         } => setup().and_then(|_| run(iface, release, args)),
         Cmd::Test { debug } => setup().and_then(|_| test(!debug)),
         Cmd::StateDiagram { check } => state_diagram(check),
+        Cmd::Install { root } => setup().and_then(|_| install(&root)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -555,5 +563,42 @@ fn state_diagram(check: bool) -> Result<()> {
             .arg(&dot_path),
     )?;
     say("wrote docs/tcp-states.dot and docs/tcp-states.svg");
+    Ok(())
+}
+
+fn install(root_dir: &Path) -> Result<()> {
+    let bin = build(true)?;
+    let place = |rel: &str| root_dir.join(rel.trim_start_matches('/'));
+    let copy = |from: &Path, to: &Path, mode: u32| -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // Copy to a temporary name and rename: a running binary is replaced,
+        // not overwritten in place.
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).with_context(|| format!("copying to {}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, to)?;
+        say(format!("installed {}", to.display()));
+        Ok(())
+    };
+    copy(&bin, &place("/usr/local/bin/tcp-user"), 0o755)?;
+    copy(
+        &root().join("deploy/tcp-user@.service"),
+        &place("/etc/systemd/system/tcp-user@.service"),
+        0o644,
+    )?;
+    let config = place("/etc/tcp-user/tcp-user.toml");
+    if config.exists() {
+        say(format!("kept the existing {}", config.display()));
+    } else {
+        copy(&root().join("deploy/tcp-user.toml"), &config, 0o644)?;
+    }
+    if root_dir == Path::new("/") && Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl").arg("daemon-reload").status();
+    }
+    eprintln!("Start it with: sudo systemctl enable --now tcp-user@eth0");
+    eprintln!("Watch it with: sudo tcp-user stat --iface eth0; journalctl -u tcp-user@eth0");
     Ok(())
 }
