@@ -234,12 +234,24 @@ impl Endpoint {
 
     /// Like [`start`](Self::start), with extra environment variables.
     pub fn start_with_env(topo: &Topology, extra: &[&str], env: &[(&str, &str)]) -> Endpoint {
+        Endpoint::start_full(topo, extra, env, &[])
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables and a
+    /// command (`wrapper`, e.g. setpriv ...) the binary runs under.
+    pub fn start_full(
+        topo: &Topology,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Endpoint {
         let bin = binary();
         let control = std::env::temp_dir().join(format!("{}.sock", topo.ep_ns));
         let stderr_log = std::env::temp_dir().join(format!("{}.log", topo.ep_ns));
         let log = File::create(&stderr_log).expect("creating the endpoint log");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &topo.ep_ns])
+            .args(wrapper)
             .arg(&bin)
             .args(["run", "--iface", &topo.ep_if, "--control-socket"])
             .arg(&control)

@@ -331,3 +331,62 @@ fn xdp_log_records_join_the_log_stream_at_debug_level() {
     ep.stop();
     assert!(!ep.log().contains("XDP dropped"), "{}", ep.log());
 }
+
+#[test]
+fn runs_unprivileged_with_only_the_units_capabilities() {
+    // The unit's set (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_NET_RAW) as
+    // user nobody. The unit lifts RLIMIT_MEMLOCK for the UMEM; this sandbox
+    // cannot raise that limit, so CAP_IPC_LOCK stands in for it here.
+    let caps = "+bpf,+perfmon,+net_admin,+net_raw,+ipc_lock";
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps",
+        caps,
+        "--ambient-caps",
+        caps,
+        "--",
+    ];
+    let topo = Topology::new("caps", 37);
+    let ep = Endpoint::start_full(&topo, &[], &[], &wrapper);
+    let addr = SocketAddrV4::new(topo.ep_addr, 7);
+    let back = topo.in_client(move || {
+        let mut s = connect(addr).unwrap();
+        s.write_all(b"caps").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    });
+    assert_eq!(&back, b"caps");
+    drop(ep);
+
+    // And CAP_PERFMON is not optional: without it the verifier refuses the
+    // program's packet pointer arithmetic.
+    let topo = Topology::new("caps2", 38);
+    let caps = "+bpf,+net_admin,+net_raw,+ipc_lock";
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.ep_ns,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .args(["--inh-caps", caps, "--ambient-caps", caps, "--"])
+        .arg(binary())
+        .args([
+            "run",
+            "--iface",
+            &topo.ep_if,
+            "--control-socket",
+            "/tmp/tcpu-caps2.sock",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the kernel refused the XDP program"));
+}
