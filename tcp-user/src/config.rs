@@ -30,7 +30,7 @@
 //! send_buffer = 1048576
 //! max_connections = 100000
 //! window_scaling = true
-//! congestion = "newreno"
+//! congestion = "cubic"      # cubic | newreno
 //! ```
 
 use std::fmt;
@@ -323,13 +323,10 @@ pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         tcp.window_scaling = w;
     }
     if let Some(c) = &t.congestion {
-        if c.get_ref() != "newreno" {
-            return Err(err(
-                c.span(),
-                "tcp.congestion",
-                format!("{:?} is not available (supported: newreno)", c.get_ref()),
-            ));
-        }
+        tcp.congestion = c
+            .get_ref()
+            .parse()
+            .map_err(|e: String| err(c.span(), "tcp.congestion", e))?;
     }
     Ok(out)
 }
@@ -421,7 +418,7 @@ congestion = "newreno"
             ("[[service]]\nname = \"chargen\"\nport = 19\n", "config /etc/tcp-user.toml:2: key `service.name`: unknown service 'chargen' (known: echo, discard, daytime)"),
             ("[[service]]\nname = \"echo\"\nport = 0\n", "config /etc/tcp-user.toml:3: key `service.port`: port 0 cannot be served"),
             ("[[service]]\nname = \"echo\"\nport = 70000\n", "config /etc/tcp-user.toml:3: key `service.port`: invalid value"),
-            ("[tcp]\ncongestion = \"bbr\"\n", "config /etc/tcp-user.toml:2: key `tcp.congestion`: \"bbr\" is not available (supported: newreno)"),
+            ("[tcp]\ncongestion = \"bbr\"\n", "config /etc/tcp-user.toml:2: key `tcp.congestion`: \"bbr\" is not available (supported: cubic, newreno)"),
             ("[tcp]\nmin_rto_ms = 5000\nmax_rto_ms = 1000\n", "config /etc/tcp-user.toml:2: key `tcp.min_rto_ms`: must not exceed tcp.max_rto_ms"),
             ("xdp_mode = \"fast\"\n", "config /etc/tcp-user.toml:1: key `xdp_mode`: unknown XDP mode \"fast\" (expected auto, native or generic)"),
             ("interface = \"eth0\"\ninterface = \"eth1\"\n", "config /etc/tcp-user.toml:2"),

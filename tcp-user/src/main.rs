@@ -64,6 +64,9 @@ struct RunArgs {
     /// Lower bound of the retransmission timeout, in ms.
     #[arg(long)]
     min_rto_ms: Option<u64>,
+    /// Congestion control: cubic or newreno [default: cubic].
+    #[arg(long)]
+    congestion: Option<tcp_user::tcp::cc::Algorithm>,
     /// Control socket for `tcp-user stat` [default: /run/tcp-user/IFACE.sock].
     #[arg(long)]
     control_socket: Option<PathBuf>,
@@ -164,6 +167,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(ms) = args.min_rto_ms {
         tcp.min_rto = Duration::from_millis(ms);
+    }
+    if let Some(a) = args.congestion {
+        tcp.congestion = a;
     }
     tcp.isn_secret = random_secret()?;
     let services: Vec<(Service, u16)> = if !args.services.is_empty() {

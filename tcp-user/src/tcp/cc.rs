@@ -1,17 +1,84 @@
-//! Congestion control behind one small trait (RFC 5681 and RFC 6582's
-//! NewReno here). The send side owns loss detection and recovery; a
-//! controller only decides how large the congestion window is.
+//! Congestion control behind one small trait: NewReno (RFC 5681, RFC 6582)
+//! and CUBIC (RFC 9438, the default, as in Linux). The send side owns loss
+//! detection and recovery; a controller only decides how large the
+//! congestion window is.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::Instant;
+
+/// Which controller a connection uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Algorithm {
+    NewReno,
+    /// The default, as in Linux: it regrows quickly on long fat paths.
+    #[default]
+    Cubic,
+}
+
+impl Algorithm {
+    /// A controller for a connection with sender MSS `mss`, starting from
+    /// `cwnd`/`ssthresh` when given (a switch mid-connection) or from the
+    /// initial window.
+    pub fn build(self, mss: usize, from: Option<(usize, usize)>) -> Box<dyn CongestionControl> {
+        match self {
+            Algorithm::NewReno => {
+                let mut c = NewReno::new(mss);
+                if let Some((cwnd, ssthresh)) = from {
+                    c.cwnd = cwnd;
+                    c.ssthresh = ssthresh;
+                }
+                Box::new(c)
+            }
+            Algorithm::Cubic => {
+                let mut c = Cubic::new(mss);
+                if let Some((cwnd, ssthresh)) = from {
+                    c.cwnd = cwnd;
+                    c.ssthresh = ssthresh;
+                }
+                Box::new(c)
+            }
+        }
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "newreno" => Ok(Algorithm::NewReno),
+            "cubic" => Ok(Algorithm::Cubic),
+            other => Err(format!(
+                "{other:?} is not available (supported: cubic, newreno)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::NewReno => "newreno",
+            Algorithm::Cubic => "cubic",
+        })
+    }
+}
 
 /// A congestion controller: told about acknowledged data, losses and
 /// timeouts, it says how many bytes may be in flight.
 pub trait CongestionControl: std::fmt::Debug + Send {
     /// The congestion window, in bytes.
     fn cwnd(&self) -> usize;
-    /// `acked` bytes newly acknowledged outside loss recovery.
-    fn on_ack(&mut self, acked: usize);
+    /// The slow-start threshold, in bytes.
+    fn ssthresh(&self) -> usize;
+    /// `acked` bytes newly acknowledged outside loss recovery, at `now`,
+    /// with the smoothed RTT if there is one.
+    fn on_ack(&mut self, now: Instant, acked: usize, srtt: Option<Duration>);
     /// Fast retransmit (three duplicate ACKs) with `flight` bytes
     /// outstanding: enter recovery.
-    fn on_fast_retransmit(&mut self, flight: usize);
+    fn on_fast_retransmit(&mut self, now: Instant, flight: usize);
     /// One more duplicate ACK during recovery: a segment left the network.
     fn on_dup_ack_in_recovery(&mut self);
     /// A partial ACK during recovery (RFC 6582 §3.2 step 5) of `acked` bytes.
@@ -19,7 +86,7 @@ pub trait CongestionControl: std::fmt::Debug + Send {
     /// Recovery ends: everything outstanding at its start is acknowledged.
     fn on_recovery_end(&mut self, flight: usize);
     /// The retransmission timer expired with `flight` bytes outstanding.
-    fn on_rto(&mut self, flight: usize);
+    fn on_rto(&mut self, now: Instant, flight: usize);
 }
 
 /// NewReno (RFC 5681 §3.1–3.2, RFC 6582), with appropriate byte counting
@@ -45,10 +112,6 @@ impl NewReno {
         }
     }
 
-    pub fn ssthresh(&self) -> usize {
-        self.ssthresh
-    }
-
     /// RFC 5681 equation (4): ssthresh = max(FlightSize / 2, 2*SMSS).
     fn halve(&mut self, flight: usize) {
         self.ssthresh = (flight / 2).max(2 * self.mss);
@@ -60,7 +123,11 @@ impl CongestionControl for NewReno {
         self.cwnd
     }
 
-    fn on_ack(&mut self, acked: usize) {
+    fn ssthresh(&self) -> usize {
+        self.ssthresh
+    }
+
+    fn on_ack(&mut self, _now: Instant, acked: usize, _srtt: Option<Duration>) {
         if self.cwnd < self.ssthresh {
             // Slow start: "cwnd += min (N, SMSS)".
             self.cwnd += acked.min(self.mss);
@@ -74,7 +141,7 @@ impl CongestionControl for NewReno {
         }
     }
 
-    fn on_fast_retransmit(&mut self, flight: usize) {
+    fn on_fast_retransmit(&mut self, _now: Instant, flight: usize) {
         self.halve(flight);
         // RFC 5681 §3.2 step 3: cwnd = ssthresh + 3*SMSS.
         self.cwnd = self.ssthresh + 3 * self.mss;
@@ -96,11 +163,138 @@ impl CongestionControl for NewReno {
         self.cwnd = self.ssthresh.min(flight.max(self.mss) + self.mss);
     }
 
-    fn on_rto(&mut self, flight: usize) {
+    fn on_rto(&mut self, _now: Instant, flight: usize) {
         self.halve(flight);
         // RFC 5681 §3.1: the loss window is one segment.
         self.cwnd = self.mss;
         self.acked_in_ca = 0;
+    }
+}
+
+/// CUBIC (RFC 9438): after a loss the window regrows along a cubic curve
+/// centred on the size where the loss happened (W_max), with a
+/// Reno-friendly floor, fast convergence, and beta 0.7.
+#[derive(Debug, Clone)]
+pub struct Cubic {
+    mss: usize,
+    cwnd: usize,
+    ssthresh: usize,
+    /// Window (segments) just before the last reduction.
+    w_max: f64,
+    /// Seconds the curve takes to grow back to W_max.
+    k: f64,
+    /// Start of the current congestion-avoidance epoch.
+    epoch: Option<Instant>,
+    /// The Reno-friendly estimate (segments), §4.3.
+    w_est: f64,
+}
+
+/// RFC 9438 §5: C = 0.4, beta_cubic = 0.7.
+const CUBIC_C: f64 = 0.4;
+const CUBIC_BETA: f64 = 0.7;
+
+impl Cubic {
+    pub fn new(mss: usize) -> Cubic {
+        let reno = NewReno::new(mss);
+        Cubic {
+            mss: reno.mss,
+            cwnd: reno.cwnd,
+            ssthresh: usize::MAX,
+            w_max: 0.0,
+            k: 0.0,
+            epoch: None,
+            w_est: 0.0,
+        }
+    }
+
+    fn segments(&self) -> f64 {
+        self.cwnd as f64 / self.mss as f64
+    }
+
+    /// §4.6–4.7: a congestion event at window `cwnd`.
+    fn reduce(&mut self) {
+        let w = self.segments();
+        // Fast convergence: release bandwidth to newer flows when the
+        // window stops reaching its previous maximum.
+        self.w_max = if w < self.w_max {
+            w * (1.0 + CUBIC_BETA) / 2.0
+        } else {
+            w
+        };
+        self.ssthresh = ((self.cwnd as f64 * CUBIC_BETA) as usize).max(2 * self.mss);
+        self.k = (self.w_max * (1.0 - CUBIC_BETA) / CUBIC_C).cbrt();
+        self.epoch = None;
+    }
+
+    /// W_cubic(t) of §4.2, in segments.
+    fn w_cubic(&self, t: f64) -> f64 {
+        CUBIC_C * (t - self.k).powi(3) + self.w_max
+    }
+}
+
+impl CongestionControl for Cubic {
+    fn cwnd(&self) -> usize {
+        self.cwnd
+    }
+
+    fn ssthresh(&self) -> usize {
+        self.ssthresh
+    }
+
+    fn on_ack(&mut self, now: Instant, acked: usize, srtt: Option<Duration>) {
+        if self.cwnd < self.ssthresh {
+            self.cwnd += acked.min(self.mss);
+            return;
+        }
+        let cwnd = self.segments();
+        let epoch = *self.epoch.get_or_insert_with(|| {
+            // §4.2: a new epoch; without an earlier loss, the curve starts
+            // at the current window.
+            if self.w_max < cwnd {
+                self.w_max = cwnd;
+                self.k = 0.0;
+            }
+            self.w_est = cwnd;
+            now
+        });
+        let rtt = srtt.unwrap_or(Duration::from_millis(100)).as_secs_f64();
+        let t = now.saturating_duration_since(epoch).as_secs_f64();
+        // §4.2: the target is the curve one RTT ahead, bounded to 1.5 cwnd.
+        let target = self.w_cubic(t + rtt).clamp(cwnd, 1.5 * cwnd);
+        // §4.3: the Reno-friendly estimate grows by alpha per window acked.
+        let alpha = 3.0 * (1.0 - CUBIC_BETA) / (1.0 + CUBIC_BETA);
+        let acked_segments = acked as f64 / self.mss as f64;
+        self.w_est += alpha * acked_segments / cwnd;
+        let goal = target.max(self.w_est);
+        // §4.4: cwnd grows by (goal - cwnd) / cwnd per segment acknowledged.
+        let grow = (goal - cwnd) / cwnd * acked_segments;
+        if grow > 0.0 {
+            self.cwnd += (grow * self.mss as f64) as usize;
+        }
+    }
+
+    fn on_fast_retransmit(&mut self, _now: Instant, _flight: usize) {
+        self.reduce();
+        // Fast recovery as in RFC 5681 §3.2, from CUBIC's ssthresh.
+        self.cwnd = self.ssthresh + 3 * self.mss;
+    }
+
+    fn on_dup_ack_in_recovery(&mut self) {
+        self.cwnd += self.mss;
+    }
+
+    fn on_partial_ack(&mut self, acked: usize) {
+        self.cwnd = self.cwnd.saturating_sub(acked) + self.mss;
+    }
+
+    fn on_recovery_end(&mut self, _flight: usize) {
+        self.cwnd = self.ssthresh;
+        self.epoch = None;
+    }
+
+    fn on_rto(&mut self, _now: Instant, _flight: usize) {
+        self.reduce();
+        self.cwnd = self.mss;
     }
 }
 
@@ -120,12 +314,13 @@ mod tests {
         let mut c = NewReno::new(1000);
         assert_eq!(c.cwnd(), 10_000);
         // Slow start: +min(acked, mss) per ACK.
-        c.on_ack(2000);
+        let t0 = Instant::ZERO;
+        c.on_ack(t0, 2000, None);
         assert_eq!(c.cwnd(), 11_000);
-        c.on_ack(500);
+        c.on_ack(t0, 500, None);
         assert_eq!(c.cwnd(), 11_500);
         // Fast retransmit with 11_500 in flight: ssthresh 5750, cwnd 8750.
-        c.on_fast_retransmit(11_500);
+        c.on_fast_retransmit(t0, 11_500);
         assert_eq!((c.ssthresh(), c.cwnd()), (5_750, 8_750));
         c.on_dup_ack_in_recovery();
         assert_eq!(c.cwnd(), 9_750);
@@ -134,18 +329,70 @@ mod tests {
         c.on_recovery_end(4_000);
         assert_eq!(c.cwnd(), 5_000);
         // Congestion avoidance: +1 MSS once a window's worth is acked.
-        c.on_ack(1_000); // cwnd 5000 < ssthresh 5750: still slow start
+        c.on_ack(t0, 1_000, None); // cwnd 5000 < ssthresh 5750: still slow start
         assert_eq!(c.cwnd(), 6_000);
         for _ in 0..5 {
-            c.on_ack(1_000);
+            c.on_ack(t0, 1_000, None);
         }
         assert_eq!(c.cwnd(), 6_000);
-        c.on_ack(1_000);
+        c.on_ack(t0, 1_000, None);
         assert_eq!(c.cwnd(), 7_000);
         // Timeout: one segment, ssthresh from the flight.
-        c.on_rto(7_000);
+        c.on_rto(t0, 7_000);
         assert_eq!((c.ssthresh(), c.cwnd()), (3_500, 1_000));
-        c.on_rto(1_000);
+        c.on_rto(t0, 1_000);
         assert_eq!(c.ssthresh(), 2_000, "never below 2*SMSS");
+    }
+
+    #[test]
+    fn cubic_regrows_along_its_curve() {
+        let mss = 1000;
+        let mut c = Cubic::new(mss);
+        let mut now = Instant::from_micros(1_000_000);
+        let rtt = Duration::from_millis(100);
+        // Grow to 100 segments, then a loss.
+        c.cwnd = 100 * mss;
+        c.ssthresh = 50 * mss;
+        c.on_fast_retransmit(now, 100 * mss);
+        assert_eq!(c.ssthresh(), 70 * mss, "beta 0.7");
+        c.on_recovery_end(0);
+        assert_eq!(c.cwnd(), 70 * mss);
+        // K = cbrt(100 * 0.3 / 0.4) = cbrt(75) = 4.217 s.
+        assert!((c.k - 4.217).abs() < 0.01, "K = {}", c.k);
+        // ACK one window per RTT for 4.2 s: the window is back near W_max
+        // (the concave part flattens out there), then grows past it.
+        let mut at_k = 0;
+        for step in 0..120 {
+            let segs = c.cwnd() / mss;
+            for _ in 0..segs {
+                c.on_ack(now, mss, Some(rtt));
+            }
+            now = now + rtt;
+            if step == 41 {
+                at_k = c.cwnd();
+            }
+        }
+        assert!((95 * mss..=101 * mss).contains(&at_k), "at t=K: {at_k}");
+        assert!(
+            c.cwnd() > 110 * mss,
+            "convex growth beyond W_max: {}",
+            c.cwnd()
+        );
+        // A second loss below the previous maximum: fast convergence.
+        c.cwnd = 90 * mss;
+        c.w_max = 100.0;
+        c.on_rto(now, 90 * mss);
+        assert!((c.w_max - 90.0 * 1.7 / 2.0).abs() < 1e-9);
+        assert_eq!(c.cwnd(), mss);
+    }
+
+    #[test]
+    fn algorithms_parse_and_build() {
+        assert_eq!("cubic".parse::<Algorithm>(), Ok(Algorithm::Cubic));
+        assert_eq!("newreno".parse::<Algorithm>(), Ok(Algorithm::NewReno));
+        assert!("bbr".parse::<Algorithm>().is_err());
+        assert_eq!(Algorithm::default(), Algorithm::Cubic);
+        let c = Algorithm::NewReno.build(1000, Some((5000, 4000)));
+        assert_eq!((c.cwnd(), c.ssthresh()), (5000, 4000));
     }
 }

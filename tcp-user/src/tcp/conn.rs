@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tcp_common::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
 
-use super::cc::{CongestionControl, NewReno};
+use super::cc::{Algorithm, CongestionControl};
 use super::seq::SeqNum;
 use super::{is_transition, Config, ConnId, ConnInfo, Error, FourTuple, Instant, State};
 use crate::wire::{fill_checksum, TcpOptions, TcpRepr};
@@ -75,6 +75,7 @@ pub(crate) struct Send {
     pub smss: usize,
     /// How many bytes may be in flight (RFC 5681).
     pub cc: Box<dyn CongestionControl>,
+    pub algorithm: Algorithm,
     /// Duplicate ACKs in a row (RFC 5681 §2 definition).
     pub dupacks: u32,
     /// In fast recovery until this sequence number is acknowledged
@@ -112,7 +113,10 @@ impl Send {
             retries: 0,
             probe_pending: false,
             smss: cfg.mss as usize,
-            cc: Box::new(NewReno::new(DEFAULT_PEER_MSS.min(cfg.mss) as usize)),
+            algorithm: cfg.congestion,
+            cc: cfg
+                .congestion
+                .build(DEFAULT_PEER_MSS.min(cfg.mss) as usize, None),
             dupacks: 0,
             recover: None,
             fast_retx: None,
@@ -132,7 +136,7 @@ impl Send {
     pub fn learn_from_syn(&mut self, seg: &TcpRepr<'_>) -> u8 {
         self.peer_mss = seg.options.mss.unwrap_or(DEFAULT_PEER_MSS).max(64);
         self.smss = self.smss.min(self.peer_mss as usize);
-        self.cc = Box::new(NewReno::new(self.smss));
+        self.cc = self.algorithm.build(self.smss, None);
         let our_shift = match (self.wscale_offer, seg.options.window_scale) {
             (Some(ours), Some(theirs)) => {
                 // "If a Window Scale option is received with a shift.cnt
@@ -202,7 +206,7 @@ impl Send {
     pub fn on_ack(&mut self, now: Instant, seg: &TcpRepr<'_>, cfg: &Config) -> bool {
         let ack = seg.ack;
         if !ack.gt(self.snd_una) {
-            self.on_duplicate_ack(seg);
+            self.on_duplicate_ack(now, seg);
             return false;
         }
         let acked = ack.diff(self.snd_una) as usize;
@@ -239,7 +243,7 @@ impl Send {
                 self.fast_retx = Some(self.snd_una);
                 self.cc.on_partial_ack(acked);
             }
-            None if self.syn_acked() => self.cc.on_ack(acked),
+            None if self.syn_acked() => self.cc.on_ack(now, acked, self.srtt),
             None => {}
         }
         self.retries = 0;
@@ -252,7 +256,7 @@ impl Send {
     /// FIN, acknowledges SND.UNA with data outstanding, and does not change
     /// the window. The third starts fast retransmit (§3.2); more during
     /// recovery inflate the window by one segment each.
-    fn on_duplicate_ack(&mut self, seg: &TcpRepr<'_>) {
+    fn on_duplicate_ack(&mut self, now: Instant, seg: &TcpRepr<'_>) {
         let window = (seg.window as u32) << self.snd_wscale;
         let duplicate = seg.payload.is_empty()
             && seg.flags & (SYN | FIN) == 0
@@ -267,7 +271,7 @@ impl Send {
             self.cc.on_dup_ack_in_recovery();
         } else if self.dupacks == 3 {
             let flight = self.flight();
-            self.cc.on_fast_retransmit(flight);
+            self.cc.on_fast_retransmit(now, flight);
             self.recover = Some(self.snd_max);
             self.fast_retx = Some(self.snd_una);
         }
@@ -319,7 +323,7 @@ impl Send {
         } else {
             if self.syn_acked() {
                 let flight = self.flight();
-                self.cc.on_rto(flight);
+                self.cc.on_rto(now, flight);
             }
             self.dupacks = 0;
             self.recover = None;

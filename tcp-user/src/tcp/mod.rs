@@ -153,6 +153,8 @@ pub struct Config {
     pub isn_secret: [u8; 16],
     /// Offer and accept RFC 7323 window scaling (windows beyond 64 KiB).
     pub window_scaling: bool,
+    /// Congestion control for new connections (CUBIC by default, as Linux).
+    pub congestion: cc::Algorithm,
 }
 
 /// Something the application should know about.
@@ -223,6 +225,7 @@ impl Default for Config {
             challenge_ack_limit: 1000,
             isn_secret: [0; 16],
             window_scaling: true,
+            congestion: cc::Algorithm::Cubic,
         }
     }
 }

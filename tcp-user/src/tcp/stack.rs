@@ -941,6 +941,22 @@ impl Stack {
         Ok(())
     }
 
+    /// Switches the connection's congestion control; the new controller
+    /// starts from the current window and threshold.
+    pub fn set_congestion(
+        &mut self,
+        conn: ConnId,
+        algorithm: super::cc::Algorithm,
+    ) -> Result<(), Error> {
+        let c = self.conns.get_mut(&conn).ok_or(Error::NotFound)?;
+        if let Some(snd) = c.tcb.snd_mut() {
+            let from = (snd.cc.cwnd(), snd.cc.ssthresh());
+            snd.algorithm = algorithm;
+            snd.cc = algorithm.build(snd.smss, Some(from));
+        }
+        Ok(())
+    }
+
     /// Keepalive probes after `idle` (None: off, the default).
     pub fn set_keepalive(&mut self, conn: ConnId, idle: Option<Duration>) -> Result<(), Error> {
         let c = self.conns.get_mut(&conn).ok_or(Error::NotFound)?;
