@@ -463,8 +463,7 @@ impl Recv {
             self.out_of_order_bytes -= data.len();
             let skip = self.rcv_nxt.diff(seq) as usize;
             if skip < data.len() {
-                let room = self.recv_cap.saturating_sub(self.recv_buf.len());
-                let take = (data.len() - skip).min(room);
+                let take = (data.len() - skip).min(self.rcv_wnd() as usize);
                 self.recv_buf.extend(&data[skip..skip + take]);
                 self.rcv_nxt += take as u32;
                 moved |= take > 0;
@@ -857,6 +856,12 @@ impl Conn {
             srtt_us: snd.and_then(|s| s.srtt).map_or(0, |d| d.as_micros() as u64),
             rto_us: snd.map_or(0, |s| s.rto.as_micros() as u64),
             retransmits: self.retransmits,
+            cwnd: snd.map_or(0, |s| s.cc.cwnd()),
+            snd_wnd: snd.map_or(0, |s| s.snd_wnd),
+            in_flight: snd.map_or(0, |s| s.flight()),
+            rcv_wnd: self.tcb.rcv().map_or(0, |r| r.rcv_wnd()),
+            recovering: snd.is_some_and(|s| s.recover.is_some()),
+            timer_armed: snd.is_some_and(|s| s.retx_at.is_some()),
         }
     }
 

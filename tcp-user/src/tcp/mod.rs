@@ -194,6 +194,18 @@ pub struct ConnInfo {
     pub rto_us: u64,
     /// Segments retransmitted so far.
     pub retransmits: u64,
+    /// Congestion window, bytes (0 once nothing is left to send).
+    pub cwnd: usize,
+    /// The peer's window, bytes.
+    pub snd_wnd: u32,
+    /// Bytes sent and not yet acknowledged.
+    pub in_flight: usize,
+    /// The window we advertise, bytes.
+    pub rcv_wnd: u32,
+    /// In fast recovery.
+    pub recovering: bool,
+    /// Retransmission (or persist) timer armed.
+    pub timer_armed: bool,
 }
 
 /// One segment written by [`Stack::poll_transmit`].

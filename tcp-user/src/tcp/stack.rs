@@ -570,8 +570,13 @@ impl Stack {
                 let skip = rcv.rcv_nxt.diff(seg.seq).max(0) as usize;
                 if skip > 0 || seg.seq == rcv.rcv_nxt {
                     let data = &seg.payload[skip.min(seg.payload.len())..];
-                    let room = rcv.recv_cap.saturating_sub(rcv.recv_buf.len());
-                    let take = data.len().min(room).min(rcv.rcv_wnd() as usize);
+                    // Everything inside the window we advertised is taken:
+                    // that is the promise the peer sent against. (With
+                    // window scaling the advertised edge is rounded up, so
+                    // the buffer may exceed recv_buffer by < 2^shift bytes;
+                    // refusing those bytes would leave the peer's sequence
+                    // numbers ahead of ours and its ACKs unacceptable.)
+                    let take = data.len().min(rcv.rcv_wnd() as usize);
                     if take > 0 {
                         rcv.recv_buf.extend(&data[..take]);
                         rcv.rcv_nxt += take as u32;

@@ -931,6 +931,79 @@ fn three_duplicate_acks_trigger_fast_retransmit_and_newreno_recovery() {
     assert_eq!(counters["rto_expirations"], 0);
 }
 
+/// Regression (seen against Linux at 2 % loss): with window scaling the
+/// advertised edge is rounded up; data the peer sends up to that edge must
+/// all be taken, or the peer's sequence numbers run ahead of ours, its ACKs
+/// fail the acceptance test and the connection stalls in RTO backoff.
+#[test]
+fn everything_up_to_a_rounded_up_scaled_edge_is_taken() {
+    let mut p = Peer::new();
+    p.stack = Stack::new(Config {
+        recv_buffer: 100_004, // shift 1; after 3 bytes the free space is odd
+        ..config()
+    });
+    p.stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+    let syn = TcpRepr {
+        src_port: RPORT,
+        dst_port: PORT,
+        seq: SeqNum::new(PEER_ISS),
+        ack: SeqNum::new(0),
+        flags: SYN,
+        window: 65535,
+        urgent: 0,
+        options: TcpOptions {
+            mss: Some(1460),
+            window_scale: Some(0),
+            ..Default::default()
+        },
+        payload: &[],
+    };
+    let mut buf = [0u8; 64];
+    let n = syn.emit(REMOTE, LOCAL, &mut buf);
+    p.stack.handle_segment(p.now, REMOTE, LOCAL, &buf[..n]);
+    p.seq = PEER_ISS + 1;
+    p.ack = p.one().seq + 1;
+    p.send(ACK, &[]);
+    let Some(Event::Accepted { conn: c, .. }) = p.events().first().copied() else {
+        panic!()
+    };
+    // Two small segments get an immediate ACK carrying the scaled window;
+    // then fill exactly that window (field << 1), in MSS pieces.
+    p.send(ACK, &[1; 1]);
+    p.send(ACK, &[1; 2]);
+    let ack = p.outputs().pop().expect("an ACK");
+    assert_eq!(ack.ack, p.seq);
+    let mut left = ack.window as usize * 2;
+    assert!(left > 65_535, "scaled window beyond 64 KiB: {left}");
+    while left > 0 {
+        let n = left.min(1460);
+        p.send(ACK, &vec![2; n]);
+        left -= n;
+    }
+    p.outputs();
+    let info = &p.stack.connections()[0];
+    assert_eq!(info.rcv_wnd, 0, "window full, nothing refused");
+    assert!(
+        info.recv_queue > 100_004,
+        "one byte past the buffer: {}",
+        info.recv_queue
+    );
+    // Our data goes out; the peer's pure ACK at the edge is accepted.
+    p.stack.set_nodelay(c, true).unwrap();
+    p.stack.send(p.now, c, b"reply").unwrap();
+    let out = p.outputs();
+    let sent = out
+        .iter()
+        .find(|o| !o.payload.is_empty())
+        .expect("data sent");
+    p.send_raw(ACK, p.seq, sent.seq + 5, 65535, &[]);
+    assert_eq!(
+        p.stack.connections()[0].in_flight,
+        0,
+        "the ACK was processed"
+    );
+}
+
 #[test]
 fn close_with_unread_data_resets() {
     let (mut p, c) = Peer::established();
