@@ -100,6 +100,33 @@ pub struct TcpOptions {
     pub window_scale: Option<u8>,
     pub sack_permitted: bool,
     pub timestamps: Option<(u32, u32)>,
+    /// SACK blocks (RFC 2018), first `len` of them valid.
+    pub sack: SackBlocks,
+}
+
+/// Up to four SACK blocks, [left, right) edges, most recent first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SackBlocks {
+    pub blocks: [(SeqNum, SeqNum); 4],
+    pub len: u8,
+}
+
+impl SackBlocks {
+    pub fn as_slice(&self) -> &[(SeqNum, SeqNum)] {
+        &self.blocks[..self.len as usize]
+    }
+    /// Adds a block; false when full.
+    pub fn push(&mut self, left: SeqNum, right: SeqNum) -> bool {
+        if self.len as usize == self.blocks.len() {
+            return false;
+        }
+        self.blocks[self.len as usize] = (left, right);
+        self.len += 1;
+        true
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 impl TcpOptions {
@@ -132,11 +159,21 @@ impl TcpOptions {
                         u32::from_be_bytes([body[4], body[5], body[6], body[7]]),
                     ))
                 }
+                (tcp_option::SACK, n) if n % 8 == 0 && n > 0 => {
+                    for b in body.chunks_exact(8) {
+                        let edge = |i: usize| {
+                            SeqNum::new(u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]))
+                        };
+                        // More than four cannot fit in 40 bytes; extras are ignored.
+                        out.sack.push(edge(0), edge(4));
+                    }
+                }
                 (
                     tcp_option::MSS
                     | tcp_option::WINDOW_SCALE
                     | tcp_option::SACK_PERMITTED
-                    | tcp_option::TIMESTAMPS,
+                    | tcp_option::TIMESTAMPS
+                    | tcp_option::SACK,
                     _,
                 ) => return Err(WireError::BadOption),
                 _ => {} // unknown option: skipped by its length
@@ -228,11 +265,20 @@ impl<'a> TcpRepr<'a> {
 impl TcpOptions {
     /// Bytes these options take on the wire, padded to 32 bits.
     pub fn emitted_len(&self) -> usize {
-        let raw: usize = self.mss.map_or(0, |_| 4)
-            + self.window_scale.map_or(0, |_| 3)
-            + if self.sack_permitted { 2 } else { 0 }
-            + self.timestamps.map_or(0, |_| 10);
-        raw.div_ceil(4) * 4
+        // Mirrors `emit`: every option is laid out on 32-bit boundaries.
+        let mss = if self.mss.is_some() { 4 } else { 0 };
+        let sack_ts = match (self.sack_permitted, self.timestamps.is_some()) {
+            (_, true) => 12,
+            (true, false) => 4,
+            (false, false) => 0,
+        };
+        let ws = if self.window_scale.is_some() { 4 } else { 0 };
+        let blocks = if self.sack.is_empty() {
+            0
+        } else {
+            4 + 8 * self.sack.len as usize
+        };
+        mss + sack_ts + ws + blocks
     }
 
     /// Writes the options in the layout Linux uses (MSS, SACK-permitted +
@@ -268,6 +314,14 @@ impl TcpOptions {
         }
         if let Some(shift) = self.window_scale {
             put(&[tcp_option::NOP, tcp_option::WINDOW_SCALE, 3, shift]);
+        }
+        if !self.sack.is_empty() {
+            put(&[tcp_option::NOP, tcp_option::NOP]);
+            put(&[tcp_option::SACK, 2 + 8 * self.sack.len]);
+            for (l, r) in self.sack.as_slice() {
+                put(&l.get().to_be_bytes());
+                put(&r.get().to_be_bytes());
+            }
         }
         let end = at;
         out[end..].fill(tcp_option::NOP);
@@ -387,11 +441,21 @@ mod tests {
             for ws in [None, Some(7)] {
                 for sack in [false, true] {
                     for ts in [None, Some((7, 9))] {
+                        let mut blocks = SackBlocks::default();
+                        if !sack {
+                            blocks.push(SeqNum::new(100), SeqNum::new(200));
+                            if ts.is_none() && mss.is_none() && ws.is_none() {
+                                for i in 0..3 {
+                                    blocks.push(SeqNum::new(300 + i), SeqNum::new(400 + i));
+                                }
+                            }
+                        }
                         let opts = TcpOptions {
                             mss,
                             window_scale: ws,
                             sack_permitted: sack,
                             timestamps: ts,
+                            sack: blocks,
                         };
                         let r = TcpRepr {
                             src_port: 1,
