@@ -17,7 +17,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use anyhow::{bail, Context};
 
@@ -56,6 +56,37 @@ impl Default for XskConfig {
     }
 }
 
+impl XskConfig {
+    /// Checks what the kernel would refuse with a bare EINVAL.
+    fn validate(&self) -> anyhow::Result<()> {
+        // Safety: sysconf only reads a system constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u32;
+        if !self.frame_size.is_power_of_two() || !(2048..=page).contains(&self.frame_size) {
+            bail!(
+                "AF_XDP frame size {} must be a power of two from 2048 to the page size {page}",
+                self.frame_size
+            );
+        }
+        if !self.ring_size.is_power_of_two() {
+            bail!("AF_XDP ring size {} is not a power of two", self.ring_size);
+        }
+        if self.frame_count < 2 {
+            bail!("AF_XDP needs at least 2 frames, got {}", self.frame_count);
+        }
+        // The fill ring must take every RX frame back and the completion
+        // ring every TX frame, or recycling could find them full.
+        let tx_frames = self.frame_count - self.frame_count / 2;
+        if tx_frames > self.ring_size {
+            bail!(
+                "AF_XDP ring size {} is smaller than half the {} frames",
+                self.ring_size,
+                self.frame_count
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The kernel's own drop statistics for one socket (XDP_STATISTICS): XDP
 /// counters only say a frame was redirected, these say whether it arrived.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -89,7 +120,13 @@ pub struct XskCounters {
     pub tx_kicks: u64,
     /// send_with found no free frame or TX slot.
     pub tx_full: u64,
+    /// TX frames the kernel handed back through the completion ring.
+    pub tx_completed: u64,
+    /// Kicks the kernel refused for a reason other than "busy, try again".
+    pub tx_kick_errors: u64,
     pub rx_wakeups: u64,
+    /// RX descriptors pointing outside the UMEM (skipped, frame recycled).
+    pub rx_bad_descs: u64,
 }
 
 impl XskCounters {
@@ -99,7 +136,10 @@ impl XskCounters {
             ("tx_frames", self.tx_frames),
             ("tx_kicks", self.tx_kicks),
             ("tx_full", self.tx_full),
+            ("tx_completed", self.tx_completed),
+            ("tx_kick_errors", self.tx_kick_errors),
             ("rx_wakeups", self.rx_wakeups),
+            ("rx_bad_descs", self.rx_bad_descs),
         ]
     }
 }
@@ -177,13 +217,34 @@ impl Ring {
             return Err(io::Error::last_os_error())
                 .with_context(|| format!("mmap of the {name} ring"));
         }
-        let base = p as *mut u8;
-        let at = |o: u64| {
-            // Safety: the kernel's offsets lie inside the mapping it sized.
-            NonNull::new(unsafe { base.add(o as usize) }).expect("mmap never returns null")
-        };
-        Ok(Ring {
-            map: NonNull::new(p).expect("mmap never returns null"),
+        let map = NonNull::new(p).context("mmap returned null")?;
+        // Safety: the kernel sized the mapping for its own offsets and
+        // `size` descriptors of `desc_size` bytes.
+        Ok(unsafe { Ring::from_mapping(map, map_len, off, size, desc_size) })
+    }
+
+    /// Builds the ring view over a mapping that it then owns (and unmaps).
+    ///
+    /// # Safety
+    /// `map` must be a live `mmap`ed region of `map_len` bytes that nothing
+    /// else unmaps; the offsets must lie inside it, be 4-byte aligned for
+    /// the indices and flags and 8-byte aligned for the descriptors, with
+    /// room for `size` descriptors of `desc_size` bytes after `off.desc`.
+    unsafe fn from_mapping(
+        map: NonNull<libc::c_void>,
+        map_len: usize,
+        off: &libc::xdp_ring_offset,
+        size: u32,
+        desc_size: usize,
+    ) -> Ring {
+        debug_assert!(size.is_power_of_two());
+        debug_assert!(off.desc as usize + size as usize * desc_size <= map_len);
+        let base = map.as_ptr() as *mut u8;
+        // Safety: the caller promises every offset lies inside the mapping,
+        // so the pointer is in bounds and not null.
+        let at = |o: u64| unsafe { NonNull::new_unchecked(base.add(o as usize)) };
+        Ring {
+            map,
             map_len,
             producer: at(off.producer).cast(),
             consumer: at(off.consumer).cast(),
@@ -191,7 +252,7 @@ impl Ring {
             descs: at(off.desc),
             index: RingIndex { size },
             local: 0,
-        })
+        }
     }
 
     fn producer(&self) -> &AtomicU32 {
@@ -324,24 +385,26 @@ pub struct XskSocket {
     frame_size: u32,
     queue: u32,
     copy_mode: bool,
-    /// TX frames not in flight.
+    need_wakeup: bool,
+    /// TX frames not in flight (capacity for all of them: never grows).
     tx_free: Vec<u64>,
     /// TX descriptors written but not yet published.
     tx_pending: u32,
     counters: XskCounters,
 }
 
+/// The four rings of one socket, before they are assembled into it.
+struct Rings {
+    rx: Ring,
+    tx: Ring,
+    fill: Ring,
+    comp: Ring,
+}
+
 impl XskSocket {
     /// Opens a socket on `ifname`'s RX queue `queue`.
     pub fn new(ifname: &str, queue: u32, cfg: &XskConfig) -> anyhow::Result<XskSocket> {
-        if !cfg.frame_size.is_power_of_two()
-            || cfg.frame_size < 2048
-            || !cfg.ring_size.is_power_of_two()
-            || cfg.frame_count < 2
-            || cfg.frame_count / 2 > cfg.ring_size
-        {
-            bail!("invalid AF_XDP configuration {cfg:?}");
-        }
+        cfg.validate()?;
         let c_name = CString::new(ifname).context("interface name contains NUL")?;
         // Safety: a plain libc call on a NUL-terminated string.
         let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
@@ -365,8 +428,13 @@ impl XskSocket {
         // Safety: plain socket(2); the result is checked and owned at once.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
-            return Err(io::Error::last_os_error())
-                .context("socket(AF_XDP) (needs root or CAP_NET_RAW)");
+            let e = io::Error::last_os_error();
+            let hint = match e.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) => " (needs root or CAP_NET_RAW)",
+                Some(libc::EAFNOSUPPORT) => " (kernel built without CONFIG_XDP_SOCKETS)",
+                _ => "",
+            };
+            return Err(e).with_context(|| format!("socket(AF_XDP){hint}"));
         }
         // Safety: `raw` is a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -379,7 +447,18 @@ impl XskSocket {
             flags: 0,
             tx_metadata_len: 0,
         };
-        setsockopt(&fd, libc::XDP_UMEM_REG, &reg).context("registering the UMEM")?;
+        setsockopt(&fd, libc::XDP_UMEM_REG, &reg).map_err(|e| {
+            let hint = match e.raw_os_error() {
+                Some(libc::ENOBUFS) | Some(libc::ENOMEM) | Some(libc::EPERM) => {
+                    "; raise RLIMIT_MEMLOCK or grant CAP_IPC_LOCK"
+                }
+                _ => "",
+            };
+            anyhow::Error::new(e).context(format!(
+                "registering the {} KiB UMEM{hint}",
+                umem.len / 1024
+            ))
+        })?;
         for opt in [
             libc::XDP_UMEM_FILL_RING,
             libc::XDP_UMEM_COMPLETION_RING,
@@ -406,50 +485,43 @@ impl XskSocket {
         let n = cfg.ring_size;
         let raw_fd = fd.as_raw_fd();
         let desc = std::mem::size_of::<libc::xdp_desc>();
-        let rx = Ring::map(
-            raw_fd,
-            &off.rx,
-            n,
-            desc,
-            libc::XDP_PGOFF_RX_RING as u64,
-            "RX",
-        )?;
-        let tx = Ring::map(
-            raw_fd,
-            &off.tx,
-            n,
-            desc,
-            libc::XDP_PGOFF_TX_RING as u64,
-            "TX",
-        )?;
-        let mut fill = Ring::map(
-            raw_fd,
-            &off.fr,
-            n,
-            8,
-            libc::XDP_UMEM_PGOFF_FILL_RING,
-            "fill",
-        )?;
-        let comp = Ring::map(
-            raw_fd,
-            &off.cr,
-            n,
-            8,
-            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
-            "completion",
-        )?;
-
-        // Hand the receive half of the UMEM to the kernel before binding.
-        let rx_frames = cfg.frame_count / 2;
-        for i in 0..rx_frames {
-            let idx = fill.local;
-            fill.set_addr_at(idx, i as u64 * cfg.frame_size as u64);
-            fill.local = idx.wrapping_add(1);
-        }
-        fill.producer().store(fill.local, Ordering::Release);
-        let tx_free = (rx_frames..cfg.frame_count)
-            .map(|i| i as u64 * cfg.frame_size as u64)
-            .collect();
+        let rings = Rings {
+            rx: Ring::map(
+                raw_fd,
+                &off.rx,
+                n,
+                desc,
+                libc::XDP_PGOFF_RX_RING as u64,
+                "RX",
+            )?,
+            tx: Ring::map(
+                raw_fd,
+                &off.tx,
+                n,
+                desc,
+                libc::XDP_PGOFF_TX_RING as u64,
+                "TX",
+            )?,
+            fill: Ring::map(
+                raw_fd,
+                &off.fr,
+                n,
+                8,
+                libc::XDP_UMEM_PGOFF_FILL_RING,
+                "fill",
+            )?,
+            comp: Ring::map(
+                raw_fd,
+                &off.cr,
+                n,
+                8,
+                libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+                "completion",
+            )?,
+        };
+        // The fill ring gets the receive half of the UMEM before binding, so
+        // the first frames already have somewhere to go.
+        let sock = XskSocket::assemble(rings, fd, umem, queue, cfg, copy);
 
         let mut flags = if copy {
             libc::XDP_COPY
@@ -476,13 +548,46 @@ impl XskSocket {
         };
         if rc != 0 {
             let e = io::Error::last_os_error();
-            return Err(e).context(if copy {
-                "bind (copy mode)"
-            } else {
-                "bind (zero-copy mode)"
-            });
+            let hint = match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) if !copy => " (driver has no zero-copy support)",
+                Some(libc::EINVAL) => " (no such queue on this interface?)",
+                Some(libc::EBUSY) => " (queue already has an AF_XDP socket)",
+                _ => "",
+            };
+            let mode = if copy { "copy" } else { "zero-copy" };
+            return Err(e).with_context(|| format!("bind ({mode} mode){hint}"));
         }
-        Ok(XskSocket {
+        Ok(sock)
+    }
+
+    /// Puts the parts together and hands the receive half of the UMEM to
+    /// the fill ring; the send half goes on the free list.
+    fn assemble(
+        rings: Rings,
+        fd: OwnedFd,
+        umem: Umem,
+        queue: u32,
+        cfg: &XskConfig,
+        copy: bool,
+    ) -> XskSocket {
+        let Rings {
+            rx,
+            tx,
+            mut fill,
+            comp,
+        } = rings;
+        let frame = cfg.frame_size as u64;
+        let rx_frames = cfg.frame_count / 2;
+        for i in 0..rx_frames {
+            let idx = fill.local;
+            fill.set_addr_at(idx, i as u64 * frame);
+            fill.local = idx.wrapping_add(1);
+        }
+        fill.producer().store(fill.local, Ordering::Release);
+        let tx_free = (rx_frames..cfg.frame_count)
+            .map(|i| i as u64 * frame)
+            .collect();
+        XskSocket {
             rx,
             tx,
             fill,
@@ -492,37 +597,47 @@ impl XskSocket {
             frame_size: cfg.frame_size,
             queue,
             copy_mode: copy,
+            need_wakeup: cfg.need_wakeup,
             tx_free,
             tx_pending: 0,
             counters: XskCounters::default(),
-        })
+        }
     }
 
     pub fn queue_id(&self) -> u32 {
         self.queue
     }
 
+    /// True when bound in copy mode (zero-copy was refused or not asked for).
+    pub fn is_copy_mode(&self) -> bool {
+        self.copy_mode
+    }
+
     /// Hands up to `max` received frames to `f`, then returns their UMEM
     /// frames to the fill ring in one batch. Returns how many it handled.
     pub fn recv_batch(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let max = u32::try_from(max).unwrap_or(u32::MAX);
         let produced = self.rx.producer().load(Ordering::Acquire);
-        let ready = RingIndex::filled(produced, self.rx.local).min(max as u32);
+        let ready = RingIndex::filled(produced, self.rx.local).min(max);
         if ready == 0 {
             return 0;
         }
-        // The fill ring holds every RX frame, so there is always room for
-        // the ones coming back; check anyway rather than overwrite.
+        // The fill ring has room for every RX frame, so there is always room
+        // for the ones coming back; check anyway rather than overwrite.
         let fill_cons = self.fill.consumer().load(Ordering::Acquire);
         let room = self.fill.index.free(self.fill.local, fill_cons);
         let n = ready.min(room);
+        let chunk_mask = !(self.frame_size as u64 - 1);
         for i in 0..n {
             let d = self.rx.desc_at(self.rx.local.wrapping_add(i));
-            if let Some(frame) = self.umem.frame(d.addr, d.len as usize) {
-                f(frame);
+            match self.umem.frame(d.addr, d.len as usize) {
+                Some(frame) => f(frame),
+                None => self.counters.rx_bad_descs += 1,
             }
-            let chunk = d.addr & !(self.frame_size as u64 - 1);
+            // desc.addr points past the headroom; the chunk starts at the
+            // frame boundary below it.
             let idx = self.fill.local;
-            self.fill.set_addr_at(idx, chunk);
+            self.fill.set_addr_at(idx, d.addr & chunk_mask);
             self.fill.local = idx.wrapping_add(1);
         }
         self.rx.local = self.rx.local.wrapping_add(n);
@@ -536,9 +651,13 @@ impl XskSocket {
 
     /// Kicks the kernel when it asked to be told about new fill entries.
     pub fn wake_rx_if_needed(&mut self) {
+        // Order our fill-ring producer store before reading the flag the
+        // kernel sets when it found the ring empty.
+        fence(Ordering::SeqCst);
         if self.fill.needs_wakeup() {
             self.counters.rx_wakeups += 1;
-            // Safety: a zero-length non-blocking recvfrom only wakes the driver.
+            // Safety: a zero-length non-blocking recvfrom only wakes the
+            // driver; it writes nothing through the null pointers.
             unsafe {
                 libc::recvfrom(
                     self.fd.as_raw_fd(),
@@ -565,11 +684,15 @@ impl XskSocket {
             self.reclaim();
         }
         let cons = self.tx.consumer().load(Ordering::Acquire);
-        if self.tx_free.is_empty() || self.tx.index.free(self.tx.local, cons) == 0 {
+        if self.tx.index.free(self.tx.local, cons) == 0 {
+            // Every slot is written; publishing them frees room later.
             self.counters.tx_full += 1;
             return false;
         }
-        let addr = self.tx_free.pop().expect("checked non-empty");
+        let Some(addr) = self.tx_free.pop() else {
+            self.counters.tx_full += 1;
+            return false;
+        };
         let frame_size = self.frame_size as usize;
         let len = match self.umem.frame_mut(addr, frame_size) {
             Some(buf) => f(buf).min(frame_size),
@@ -594,9 +717,10 @@ impl XskSocket {
         true
     }
 
-    /// Publishes queued TX descriptors and kicks the kernel. In copy mode
-    /// one kick sends a bounded batch, so it kicks until the ring is drained
-    /// or the kernel says to try later.
+    /// Publishes queued TX descriptors and kicks the kernel if it needs it
+    /// (always in copy mode, where only sendto moves frames). One copy-mode
+    /// kick sends a bounded batch, so it kicks until the ring is drained or
+    /// the kernel says to try later.
     pub fn flush_tx(&mut self) {
         if self.tx_pending > 0 {
             self.tx.producer().store(self.tx.local, Ordering::Release);
@@ -607,14 +731,17 @@ impl XskSocket {
         if outstanding(self) == 0 {
             return;
         }
-        if !self.copy_mode && !self.tx.needs_wakeup() {
+        // As in wake_rx_if_needed: the producer store before the flag read.
+        fence(Ordering::SeqCst);
+        if !self.copy_mode && self.need_wakeup && !self.tx.needs_wakeup() {
             return;
         }
-        // Each kick moves at most a few dozen frames in copy mode.
+        // The kernel's copy-mode batch is 32 frames; allow some slack.
         let max_kicks = outstanding(self) / 16 + 4;
         for _ in 0..max_kicks {
             self.counters.tx_kicks += 1;
-            // Safety: a zero-length non-blocking sendto only kicks TX.
+            // Safety: a zero-length non-blocking sendto only kicks TX; it
+            // reads nothing through the null pointers.
             let rc = unsafe {
                 libc::sendto(
                     self.fd.as_raw_fd(),
@@ -627,12 +754,17 @@ impl XskSocket {
             };
             if rc < 0 {
                 match io::Error::last_os_error().raw_os_error() {
+                    // EAGAIN: one batch went out and more are queued.
                     Some(libc::EAGAIN) | Some(libc::EINTR) => {}
-                    // EBUSY, ENOBUFS, ENETDOWN: the kernel can't take more now.
-                    _ => break,
+                    // EBUSY, ENOBUFS, ENETDOWN, ...: the kernel can't take
+                    // more now; the frames stay queued for the next flush.
+                    _ => {
+                        self.counters.tx_kick_errors += 1;
+                        break;
+                    }
                 }
             }
-            if outstanding(self) == 0 {
+            if !self.copy_mode || outstanding(self) == 0 {
                 break;
             }
         }
@@ -642,16 +774,19 @@ impl XskSocket {
     pub fn reclaim(&mut self) {
         let produced = self.comp.producer().load(Ordering::Acquire);
         let n = RingIndex::filled(produced, self.comp.local);
+        if n == 0 {
+            return;
+        }
+        let chunk_mask = !(self.frame_size as u64 - 1);
         for i in 0..n {
             let addr = self.comp.addr_at(self.comp.local.wrapping_add(i));
-            self.tx_free.push(addr & !(self.frame_size as u64 - 1));
+            self.tx_free.push(addr & chunk_mask);
         }
-        if n > 0 {
-            self.comp.local = self.comp.local.wrapping_add(n);
-            self.comp
-                .consumer()
-                .store(self.comp.local, Ordering::Release);
-        }
+        self.comp.local = self.comp.local.wrapping_add(n);
+        self.comp
+            .consumer()
+            .store(self.comp.local, Ordering::Release);
+        self.counters.tx_completed += n as u64;
     }
 
     /// The kernel's statistics for this socket (zeroes if it won't say).
@@ -665,7 +800,8 @@ impl XskSocket {
             tx_ring_empty_descs: 0,
         };
         let mut len = std::mem::size_of::<libc::xdp_statistics>() as libc::socklen_t;
-        // Safety: getsockopt writes at most `len` bytes into `st`.
+        // Safety: getsockopt writes at most `len` bytes into `st`; older
+        // kernels write a shorter prefix and leave the rest zero.
         let rc = unsafe {
             libc::getsockopt(
                 self.fd.as_raw_fd(),

@@ -30,6 +30,7 @@
 //! send_buffer = 1048576
 //! max_connections = 100000
 //! window_scaling = true
+//! sack = false               # RFC 2018; off until SACK-based recovery lands
 //! congestion = "cubic"      # cubic | newreno
 //! ```
 
@@ -109,6 +110,7 @@ struct RawTcp {
     send_buffer: Option<Spanned<usize>>,
     max_connections: Option<Spanned<usize>>,
     window_scaling: Option<bool>,
+    sack: Option<bool>,
     congestion: Option<Spanned<String>>,
 }
 
@@ -321,6 +323,9 @@ pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     }
     if let Some(w) = t.window_scaling {
         tcp.window_scaling = w;
+    }
+    if let Some(on) = t.sack {
+        tcp.sack = on;
     }
     if let Some(c) = &t.congestion {
         tcp.congestion = c

@@ -24,7 +24,7 @@ use tcp_common::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
 use super::cc::{Algorithm, CongestionControl};
 use super::seq::SeqNum;
 use super::{is_transition, Config, ConnId, ConnInfo, Error, FourTuple, Instant, State};
-use crate::wire::{fill_checksum, TcpOptions, TcpRepr};
+use crate::wire::{fill_checksum, SackBlocks, TcpOptions, TcpRepr};
 
 /// The MSS assumed when the peer sends none (RFC 9293 §3.7.1, MUST-15).
 pub const DEFAULT_PEER_MSS: u16 = 536;
@@ -47,6 +47,8 @@ pub(crate) struct Send {
     pub snd_wscale: u8,
     /// The shift we offer in our SYN or SYN,ACK (None: no option sent).
     pub wscale_offer: Option<u8>,
+    /// We offer SACK-permitted in our SYN or SYN,ACK (RFC 2018).
+    pub sack_offer: bool,
     pub snd_wl1: SeqNum,
     pub snd_wl2: SeqNum,
     /// Largest window the peer ever offered (sender SWS avoidance).
@@ -96,6 +98,7 @@ impl Send {
             snd_wnd: 0,
             snd_wscale: 0,
             wscale_offer: cfg.window_scaling.then(|| window_shift(cfg.recv_buffer)),
+            sack_offer: cfg.sack,
             snd_wl1: SeqNum::default(),
             snd_wl2: SeqNum::default(),
             max_snd_wnd: 0,
@@ -150,6 +153,9 @@ impl Send {
                 0
             }
         };
+        // RFC 2018 §2: SACK is used only when both SYNs carried
+        // SACK-permitted.
+        self.sack_offer &= seg.options.sack_permitted;
         self.snd_wnd = seg.window as u32;
         self.max_snd_wnd = self.snd_wnd;
         self.snd_wl1 = seg.seq;
@@ -348,6 +354,11 @@ pub(crate) struct Recv {
     pub recv_cap: usize,
     /// Our window scale shift (RFC 7323; 0 unless negotiated).
     pub rcv_wscale: u8,
+    /// Send SACK blocks for out-of-order data (negotiated, RFC 2018).
+    pub sack_ok: bool,
+    /// Where the most recent out-of-order segment starts: its block is
+    /// reported first (RFC 2018 §4).
+    pub last_out_of_order: Option<SeqNum>,
     /// Segments beyond a hole, sorted by sequence number, held until the
     /// hole fills; their total stays within the receive window.
     pub out_of_order: Vec<(SeqNum, Vec<u8>)>,
@@ -367,6 +378,8 @@ impl Recv {
             recv_buf: VecDeque::new(),
             recv_cap: cfg.recv_buffer,
             rcv_wscale: 0,
+            sack_ok: false,
+            last_out_of_order: None,
             out_of_order: Vec::new(),
             out_of_order_bytes: 0,
             ack_now: false,
@@ -448,6 +461,7 @@ impl Recv {
             .unwrap_or(self.out_of_order.len());
         self.out_of_order.insert(at, (seq, data[..len].to_vec()));
         self.out_of_order_bytes += len;
+        self.last_out_of_order = Some(seq);
         true
     }
 
@@ -470,6 +484,37 @@ impl Recv {
             }
         }
         moved
+    }
+
+    /// The SACK blocks to report (RFC 2018 §4): contiguous runs of held
+    /// data, the one with the most recent arrival first, at most `max`.
+    pub fn sack_blocks(&self, max: usize) -> SackBlocks {
+        let mut out = SackBlocks::default();
+        if !self.sack_ok || self.out_of_order.is_empty() || max == 0 {
+            return out;
+        }
+        // Merge the sorted held segments into runs.
+        let mut runs: Vec<(SeqNum, SeqNum)> = Vec::new();
+        for (seq, data) in &self.out_of_order {
+            let end = *seq + data.len() as u32;
+            match runs.last_mut() {
+                Some((_, r)) if seq.le(*r) => *r = r.max(end),
+                _ => runs.push((*seq, end)),
+            }
+        }
+        let recent = self
+            .last_out_of_order
+            .and_then(|s| runs.iter().position(|(l, r)| s.in_range(*l, *r)));
+        if let Some(i) = recent {
+            out.push(runs[i].0, runs[i].1);
+        }
+        for (i, (l, r)) in runs.iter().enumerate() {
+            if Some(i) != recent && (out.len as usize) < max {
+                out.push(*l, *r);
+            }
+        }
+        out.len = out.len.min(max as u8);
+        out
     }
 
     /// Copies out up to `buf.len()` received bytes.
@@ -1024,6 +1069,7 @@ fn emit_syn(
         options: TcpOptions {
             mss: Some(our_mss),
             window_scale: snd.wscale_offer,
+            sack_permitted: snd.sack_offer,
             ..Default::default()
         },
         payload: &[],
@@ -1049,7 +1095,7 @@ fn emit_ack(
     rcv: &mut Recv,
     buf: &mut [u8],
 ) -> Option<usize> {
-    if !rcv.ack_now || buf.len() < 20 {
+    if !rcv.ack_now || buf.len() < 60 {
         return None;
     }
     rcv.ack_now = false;
@@ -1064,7 +1110,10 @@ fn emit_ack(
         flags: ACK,
         window,
         urgent: 0,
-        options: TcpOptions::default(),
+        options: TcpOptions {
+            sack: rcv.sack_blocks(4),
+            ..Default::default()
+        },
         payload: &[],
     };
     Some(repr.emit(*tuple.local.ip(), *tuple.remote.ip(), buf))
@@ -1082,9 +1131,18 @@ fn emit_data(
     buf: &mut [u8],
     stats: &mut EmitStats,
 ) -> Option<usize> {
-    let header = 20;
+    // SACK blocks ride on data segments too; RFC 6691: the data shrinks
+    // by the option bytes so the datagram still fits the path.
+    let options = TcpOptions {
+        sack: rcv.sack_blocks(4),
+        ..Default::default()
+    };
+    let header = 20 + options.emitted_len();
     let room = buf.len().saturating_sub(header);
-    let mss = (snd.peer_mss.min(our_mss) as usize).min(room).max(1);
+    let mss = (snd.peer_mss.min(our_mss) as usize)
+        .saturating_sub(header - 20)
+        .min(room)
+        .max(1);
     let offset = snd.snd_nxt.diff(snd.buf_seq).max(0) as usize;
     let unsent = snd.send_buf.len().saturating_sub(offset);
     if let Some(start) = snd.fast_retx.take() {
@@ -1160,7 +1218,7 @@ fn emit_data(
         flags,
         window,
         urgent,
-        options: TcpOptions::default(),
+        options,
         payload: &[],
     };
     repr.emit_header(buf, header);

@@ -155,6 +155,11 @@ pub struct Config {
     pub window_scaling: bool,
     /// Congestion control for new connections (CUBIC by default, as Linux).
     pub congestion: cc::Algorithm,
+    /// Offer and accept SACK (RFC 2018): report out-of-order data. Off by
+    /// default for now: without a SACK scoreboard on our sending side,
+    /// 32 MiB echoes through 2 % loss against Linux measured about twice as
+    /// slow with it on (issue 4 adds RFC 6675 recovery).
+    pub sack: bool,
 }
 
 /// Something the application should know about.
@@ -238,6 +243,7 @@ impl Default for Config {
             isn_secret: [0; 16],
             window_scaling: true,
             congestion: cc::Algorithm::Cubic,
+            sack: false,
         }
     }
 }

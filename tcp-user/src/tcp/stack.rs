@@ -248,6 +248,7 @@ impl Stack {
         let shift = snd.learn_from_syn(seg);
         let mut rcv = Recv::new(seg.seq, &self.cfg);
         rcv.rcv_wscale = shift;
+        rcv.sack_ok = snd.sack_offer;
         let c = Conn::new(
             id,
             tuple,
@@ -341,6 +342,7 @@ impl Stack {
         let shift = ss.snd.learn_from_syn(seg);
         let mut rcv = Recv::new(seg.seq, &self.cfg);
         rcv.rcv_wscale = shift;
+        rcv.sack_ok = ss.snd.sack_offer;
         if ack_ok {
             // "If SND.UNA > ISS (our SYN has been ACKed), change the
             // connection state to ESTABLISHED, form an ACK segment."

@@ -1005,6 +1005,88 @@ fn everything_up_to_a_rounded_up_scaled_edge_is_taken() {
 }
 
 #[test]
+fn sack_is_negotiated_and_reports_held_data_most_recent_first() {
+    let mut p = Peer::new();
+    p.stack = Stack::new(Config {
+        sack: true,
+        ..config()
+    });
+    p.stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+    let syn = TcpRepr {
+        src_port: RPORT,
+        dst_port: PORT,
+        seq: SeqNum::new(PEER_ISS),
+        ack: SeqNum::new(0),
+        flags: SYN,
+        window: 65535,
+        urgent: 0,
+        options: TcpOptions {
+            mss: Some(1460),
+            sack_permitted: true,
+            ..Default::default()
+        },
+        payload: &[],
+    };
+    let mut buf = [0u8; 64];
+    let n = syn.emit(REMOTE, LOCAL, &mut buf);
+    p.stack.handle_segment(p.now, REMOTE, LOCAL, &buf[..n]);
+    let mut out = [0u8; 128];
+    let t = p.stack.poll_transmit(p.now, &mut out).unwrap();
+    let synack = TcpRepr::parse(LOCAL, REMOTE, &out[..t.len]).unwrap();
+    assert!(synack.options.sack_permitted);
+    p.seq = PEER_ISS + 1;
+    p.ack = synack.seq.get() + 1;
+    p.send(ACK, &[]);
+    let start = p.seq;
+    // Two holes: [start, +100) and [+200, +300) missing.
+    let acks = |p: &mut Peer| -> Vec<Vec<(u32, u32)>> {
+        let mut v = Vec::new();
+        let mut out = [0u8; 256];
+        while let Some(t) = p.stack.poll_transmit(p.now, &mut out) {
+            let r = TcpRepr::parse(LOCAL, REMOTE, &out[..t.len]).unwrap();
+            v.push(
+                r.options
+                    .sack
+                    .as_slice()
+                    .iter()
+                    .map(|(l, r)| (l.get(), r.get()))
+                    .collect(),
+            );
+        }
+        v
+    };
+    p.send_raw(ACK, start + 100, p.ack, 65535, &[1; 100]);
+    assert_eq!(acks(&mut p), vec![vec![(start + 100, start + 200)]]);
+    p.send_raw(ACK, start + 300, p.ack, 65535, &[1; 100]);
+    assert_eq!(
+        acks(&mut p),
+        vec![vec![(start + 300, start + 400), (start + 100, start + 200)]],
+        "the newest block first"
+    );
+    // Filling the first hole merges: one block left, then none.
+    p.send_raw(ACK, start, p.ack, 65535, &[1; 100]);
+    assert_eq!(acks(&mut p), vec![vec![(start + 300, start + 400)]]);
+    p.send_raw(ACK, start + 200, p.ack, 65535, &[1; 100]);
+    assert_eq!(acks(&mut p), vec![Vec::<(u32, u32)>::new()]);
+
+    // A peer without SACK-permitted gets neither the option nor blocks.
+    let mut q = Peer::new();
+    q.stack = Stack::new(Config {
+        sack: true,
+        ..config()
+    });
+    q.stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+    q.send_full(SYN, PEER_ISS, 0, 65535, &[], Some(1460), PORT);
+    let t = q.stack.poll_transmit(q.now, &mut out).unwrap();
+    assert!(
+        !TcpRepr::parse(LOCAL, REMOTE, &out[..t.len])
+            .unwrap()
+            .options
+            .sack_permitted
+    );
+}
+
+#[test]
 fn close_with_unread_data_resets() {
     let (mut p, c) = Peer::established();
     p.send(ACK, b"unread");
