@@ -212,6 +212,13 @@ impl Send {
     pub fn on_ack(&mut self, now: Instant, seg: &TcpRepr<'_>, cfg: &Config) -> bool {
         let ack = seg.ack;
         if !ack.gt(self.snd_una) {
+            // RFC 1122 §4.2.2.17: the sender "MUST NOT close the connection
+            // as long as the receiving TCP continues to send
+            // acknowledgments in response to the probe segments": an answer
+            // that keeps the window closed still proves the peer alive.
+            if ack == self.snd_una && seg.window == 0 && self.snd_una != self.snd_max {
+                self.retries = 0;
+            }
             self.on_duplicate_ack(now, seg);
             return false;
         }
@@ -291,10 +298,22 @@ impl Send {
         if self.snd_una.le(seg.ack)
             && (self.snd_wl1.lt(seg.seq) || (self.snd_wl1 == seg.seq && self.snd_wl2.le(seg.ack)))
         {
+            let was_closed = self.snd_wnd == 0;
             self.snd_wnd = (seg.window as u32) << self.snd_wscale;
             self.max_snd_wnd = self.max_snd_wnd.max(self.snd_wnd);
             self.snd_wl1 = seg.seq;
             self.snd_wl2 = seg.ack;
+            // The window reopens with our probe (or anything else sent past
+            // the closed window) not acknowledged: the peer dropped it as
+            // outside its window (RFC 9293 §3.10.7.4: "segments with higher
+            // beginning sequence numbers ... not in the window" are not
+            // taken). Send it again now, within the new window, instead of
+            // leaving a hole that only a backed-off timeout would fill.
+            if was_closed && self.snd_wnd > 0 && seg.ack == self.snd_una && self.flight() > 0 {
+                self.snd_nxt = self.snd_una;
+                self.rtt_probe = None;
+                self.retx_at = Some(now + self.rto);
+            }
         }
         // Zero window with data waiting and nothing in flight: the
         // retransmission timer becomes the persist timer.
@@ -316,10 +335,13 @@ impl Send {
         } else {
             cfg.syn_retries
         };
-        let zero_window_probe = self.syn_acked()
-            && self.snd_wnd == 0
-            && self.unsent() > 0
-            && self.snd_una == self.snd_max;
+        // Nothing in flight and data waiting means the timer was the
+        // persist timer: the window is zero (RFC 9293 §3.8.6.1, probe it)
+        // or too small for sender SWS avoidance to use (§3.8.6.2.1: "the
+        // data is PUSHed and the override timeout occurs", send what fits).
+        // Neither counts against the retry limit while the peer answers.
+        let zero_window_probe =
+            self.syn_acked() && self.unsent() > 0 && self.snd_una == self.snd_max;
         if self.retries > limit && !zero_window_probe {
             return Err(Error::TimedOut);
         }
@@ -337,6 +359,13 @@ impl Send {
             self.snd_nxt = self.snd_una;
             // Karn's rule: no RTT sample from a retransmitted segment.
             self.rtt_probe = None;
+            // RFC 6298 §5.4: "Retransmit the earliest segment that has not
+            // been acknowledged": whatever of it fits goes now, even when
+            // sender SWS avoidance would hold a short segment, and one byte
+            // goes into a zero window (the probe, §3.8.6.1, again) —
+            // otherwise the timer fires with nothing sent until the retry
+            // limit aborts a connection whose peer is alive.
+            self.probe_pending = self.syn_acked();
         }
         self.retx_at = Some(now + self.rto);
         Ok(())
@@ -1138,6 +1167,11 @@ fn emit_data(
         ..Default::default()
     };
     let header = 20 + options.emitted_len();
+    if buf.len() < header {
+        // A buffer that cannot hold a header (a driver bug): send nothing
+        // rather than panic; the connection keeps its state.
+        return None;
+    }
     let room = buf.len().saturating_sub(header);
     let mss = (snd.peer_mss.min(our_mss) as usize)
         .saturating_sub(header - 20)
@@ -1188,7 +1222,9 @@ fn emit_data(
     if n == 0 && !fin {
         // RFC 9293 §3.8.6.1: data waits behind a zero window and nothing is
         // in flight to bring an ACK: arm the persist timer.
-        if unsent > 0 && usable == 0 && !in_flight && snd.retx_at.is_none() {
+        // The same timer overrides sender SWS avoidance when a window too
+        // small to use stays that way (RFC 9293 §3.8.6.2.1).
+        if unsent > 0 && !in_flight && snd.retx_at.is_none() {
             snd.retx_at = Some(now + snd.rto);
         }
         return emit_ack(tuple, our_mss, snd.snd_nxt, rcv, buf);

@@ -44,6 +44,7 @@ counters! {
     out_of_order_held,
     drop_table_full,
     drop_bad_flags,
+    drop_old_ack,
     conns_accepted,
     conns_connected,
     conns_closed,
@@ -514,6 +515,17 @@ impl Stack {
                 self.after(id);
                 return;
             }
+            // RFC 5961 §5.2: an ACK is acceptable only within
+            // (SND.UNA - MAX.SND.WND) =< SEG.ACK =< SND.NXT; "all incoming
+            // segments whose ACK value doesn't satisfy the above condition
+            // MUST be discarded and an ACK sent back" (rate-limited like
+            // the other challenge ACKs, as Linux does), so blind data
+            // injection needs a guess of the ACK number too.
+            if seg.ack.lt(snd.snd_una - snd.max_snd_wnd) {
+                self.counters.drop_old_ack += 1;
+                self.challenge_ack(now, id);
+                return;
+            }
             if snd.on_ack(now, seg, &cfg)
                 && c.want_writable
                 && snd.send_space() > 0
@@ -750,7 +762,14 @@ impl Stack {
                         len,
                     });
                 }
-                None => c.queued = false,
+                None => {
+                    c.queued = false;
+                    // Emitting may have armed a timer without sending
+                    // anything (the persist timer behind a zero or
+                    // too-small window): it must reach the heap, or the
+                    // connection waits for a wakeup that never comes.
+                    Self::schedule(&mut self.timers, c);
+                }
             }
         }
         None
