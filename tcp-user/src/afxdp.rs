@@ -411,20 +411,11 @@ impl XskSocket {
         if ifindex == 0 {
             bail!("interface {ifname} does not exist");
         }
-        match cfg.mode {
-            BindMode::Copy => Self::open(ifindex, queue, cfg, true),
-            BindMode::ZeroCopy => Self::open(ifindex, queue, cfg, false),
-            BindMode::Auto => Self::open(ifindex, queue, cfg, false).or_else(|zc| {
-                tracing::debug!(
-                    "zero-copy AF_XDP unavailable on {ifname}: {zc:#}; using copy mode"
-                );
-                Self::open(ifindex, queue, cfg, true)
-            }),
-        }
-        .with_context(|| format!("AF_XDP socket on {ifname} queue {queue}"))
+        Self::open(ifindex, queue, cfg)
+            .with_context(|| format!("AF_XDP socket on {ifname} queue {queue}"))
     }
 
-    fn open(ifindex: u32, queue: u32, cfg: &XskConfig, copy: bool) -> anyhow::Result<XskSocket> {
+    fn open(ifindex: u32, queue: u32, cfg: &XskConfig) -> anyhow::Result<XskSocket> {
         // Safety: plain socket(2); the result is checked and owned at once.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
@@ -521,12 +512,14 @@ impl XskSocket {
         };
         // The fill ring gets the receive half of the UMEM before binding, so
         // the first frames already have somewhere to go.
-        let sock = XskSocket::assemble(rings, fd, umem, queue, cfg, copy);
+        let mut sock = XskSocket::assemble(rings, fd, umem, queue, cfg, true);
 
-        let mut flags = if copy {
-            libc::XDP_COPY
-        } else {
-            libc::XDP_ZEROCOPY
+        // With neither XDP_COPY nor XDP_ZEROCOPY the kernel tries zero-copy
+        // and falls back to copy by itself; XDP_OPTIONS then says which.
+        let mut flags = match cfg.mode {
+            BindMode::Auto => 0,
+            BindMode::Copy => libc::XDP_COPY,
+            BindMode::ZeroCopy => libc::XDP_ZEROCOPY,
         };
         if cfg.need_wakeup {
             flags |= libc::XDP_USE_NEED_WAKEUP;
@@ -538,26 +531,70 @@ impl XskSocket {
             sxdp_queue_id: queue,
             sxdp_shared_umem_fd: 0,
         };
-        // Safety: bind(2) with a correctly sized sockaddr_xdp.
-        let rc = unsafe {
-            libc::bind(
-                raw_fd,
-                &sa as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
+        // A socket closed a moment ago may still hold the queue: the kernel
+        // releases it from a work queue. Give that a second before calling
+        // the queue taken.
+        let mut busy_retries = 20;
+        loop {
+            // Safety: bind(2) with a correctly sized sockaddr_xdp.
+            let rc = unsafe {
+                libc::bind(
+                    raw_fd,
+                    &sa as *const _ as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
             let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EBUSY) && busy_retries > 0 {
+                busy_retries -= 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
             let hint = match e.raw_os_error() {
-                Some(libc::EOPNOTSUPP) if !copy => " (driver has no zero-copy support)",
+                Some(libc::EOPNOTSUPP) if cfg.mode == BindMode::ZeroCopy => {
+                    " (driver has no zero-copy support)"
+                }
                 Some(libc::EINVAL) => " (no such queue on this interface?)",
                 Some(libc::EBUSY) => " (queue already has an AF_XDP socket)",
                 _ => "",
             };
-            let mode = if copy { "copy" } else { "zero-copy" };
-            return Err(e).with_context(|| format!("bind ({mode} mode){hint}"));
+            let mode = match cfg.mode {
+                BindMode::Auto => "",
+                BindMode::Copy => " (copy mode)",
+                BindMode::ZeroCopy => " (zero-copy mode)",
+            };
+            return Err(e).with_context(|| format!("bind{mode}{hint}"));
+        }
+        sock.copy_mode = match cfg.mode {
+            BindMode::Copy => true,
+            BindMode::ZeroCopy => false,
+            BindMode::Auto => !sock.bound_zero_copy(),
+        };
+        if cfg.mode == BindMode::Auto && sock.copy_mode {
+            tracing::debug!("AF_XDP queue {queue}: no zero-copy support, using copy mode");
         }
         Ok(sock)
+    }
+
+    /// Whether the kernel bound this socket in zero-copy mode (false if it
+    /// won't say: treating the socket as copy mode only costs extra kicks).
+    fn bound_zero_copy(&self) -> bool {
+        let mut opts = libc::xdp_options { flags: 0 };
+        let mut len = std::mem::size_of::<libc::xdp_options>() as libc::socklen_t;
+        // Safety: getsockopt writes at most `len` bytes into `opts`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_OPTIONS,
+                &mut opts as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        rc == 0 && opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0
     }
 
     /// Puts the parts together and hands the receive half of the UMEM to
@@ -604,6 +641,11 @@ impl XskSocket {
         }
     }
 
+    /// The socket's descriptor, for the XDP program's XskMap.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     pub fn queue_id(&self) -> u32 {
         self.queue
     }
@@ -630,10 +672,12 @@ impl XskSocket {
         let chunk_mask = !(self.frame_size as u64 - 1);
         for i in 0..n {
             let d = self.rx.desc_at(self.rx.local.wrapping_add(i));
-            match self.umem.frame(d.addr, d.len as usize) {
-                Some(frame) => f(frame),
-                None => self.counters.rx_bad_descs += 1,
-            }
+            let Some(frame) = self.umem.frame(d.addr, d.len as usize) else {
+                // Not one of our frames: nothing to read, nothing to recycle.
+                self.counters.rx_bad_descs += 1;
+                continue;
+            };
+            f(frame);
             // desc.addr points past the headroom; the chunk starts at the
             // frame boundary below it.
             let idx = self.fill.local;
@@ -894,23 +938,293 @@ mod tests {
     fn ring_indices_wrap() {
         let r = RingIndex { size: 8 };
         assert_eq!(r.slot(9), 1);
+        assert_eq!(r.slot(u32::MAX), 7);
         assert_eq!(RingIndex::filled(3, u32::MAX - 1), 5);
         assert_eq!(r.free(3, u32::MAX - 1), 3);
         assert_eq!(RingIndex::filled(7, 7), 0);
         assert_eq!(r.free(7, 7), 8);
+        assert_eq!(RingIndex::filled(u32::MAX.wrapping_add(8), u32::MAX), 8);
+    }
+
+    const HEADROOM: u64 = 256;
+
+    /// Anonymous memory laid out like a kernel ring, all indices at `start`.
+    fn fake_ring(size: u32, desc_size: usize, start: u32) -> Ring {
+        let off = libc::xdp_ring_offset {
+            producer: 0,
+            consumer: 64,
+            flags: 128,
+            desc: 192,
+        };
+        let mem = Umem::new(192 + size as usize * desc_size).unwrap();
+        let (base, len) = (mem.base.cast(), mem.len);
+        // The ring takes over the mapping and unmaps it when dropped.
+        std::mem::forget(mem);
+        // Safety: a live page-aligned mapping of `len` bytes, offsets inside
+        // it and aligned, room for `size` descriptors after `off.desc`.
+        let mut ring = unsafe { Ring::from_mapping(base, len, &off, size, desc_size) };
+        ring.local = start;
+        ring.producer().store(start, Ordering::Relaxed);
+        ring.consumer().store(start, Ordering::Relaxed);
+        ring
+    }
+
+    /// A socket whose rings are plain memory, with `start` as every ring's
+    /// first index so the test crosses the 2^32 wrap; the "kernel" below
+    /// plays the other side. Kicks go to /dev/null and fail harmlessly.
+    fn fake_socket(cfg: &XskConfig, start: u32) -> XskSocket {
+        cfg.validate().unwrap();
+        let desc = std::mem::size_of::<libc::xdp_desc>();
+        let n = cfg.ring_size;
+        let rings = Rings {
+            rx: fake_ring(n, desc, start),
+            tx: fake_ring(n, desc, start),
+            fill: fake_ring(n, 8, start),
+            comp: fake_ring(n, 8, start),
+        };
+        let fd = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let umem = Umem::new(cfg.frame_size as usize * cfg.frame_count as usize).unwrap();
+        XskSocket::assemble(rings, fd, umem, 0, cfg, true)
+    }
+
+    /// The kernel's RX side: takes a fill-ring frame, writes `payload` past
+    /// the headroom and publishes an RX descriptor. False if fill is empty.
+    fn kernel_receive(sock: &mut XskSocket, payload: &[u8]) -> bool {
+        let cons = sock.fill.consumer().load(Ordering::Relaxed);
+        if sock.fill.producer().load(Ordering::Acquire) == cons {
+            return false;
+        }
+        let chunk = sock.fill.addr_at(cons);
+        sock.fill
+            .consumer()
+            .store(cons.wrapping_add(1), Ordering::Release);
+        let addr = chunk + HEADROOM;
+        sock.umem
+            .frame_mut(addr, payload.len())
+            .unwrap()
+            .copy_from_slice(payload);
+        let prod = sock.rx.producer().load(Ordering::Relaxed);
+        sock.rx.set_desc_at(
+            prod,
+            libc::xdp_desc {
+                addr,
+                len: payload.len() as u32,
+                options: 0,
+            },
+        );
+        sock.rx
+            .producer()
+            .store(prod.wrapping_add(1), Ordering::Release);
+        true
+    }
+
+    /// The kernel's TX side: sends every published descriptor (into `wire`)
+    /// and hands each frame back through the completion ring.
+    fn kernel_transmit(sock: &mut XskSocket, wire: &mut Vec<Vec<u8>>) {
+        let prod = sock.tx.producer().load(Ordering::Acquire);
+        let mut cons = sock.tx.consumer().load(Ordering::Relaxed);
+        while cons != prod {
+            let d = sock.tx.desc_at(cons);
+            wire.push(sock.umem.frame(d.addr, d.len as usize).unwrap().to_vec());
+            let cp = sock.comp.producer().load(Ordering::Relaxed);
+            sock.comp.set_addr_at(cp, d.addr);
+            sock.comp
+                .producer()
+                .store(cp.wrapping_add(1), Ordering::Release);
+            cons = cons.wrapping_add(1);
+        }
+        sock.tx.consumer().store(cons, Ordering::Release);
+    }
+
+    fn small_config() -> XskConfig {
+        XskConfig {
+            frame_size: 2048,
+            frame_count: 8,
+            ring_size: 4,
+            mode: BindMode::Copy,
+            need_wakeup: true,
+        }
+    }
+
+    #[test]
+    fn rx_frames_recycle_across_index_wrap() {
+        let cfg = small_config();
+        let mut sock = fake_socket(&cfg, u32::MAX - 2);
+        let mut next_in = 0u32;
+        let mut next_out = 0u32;
+        for round in 0..40 {
+            // The kernel fills what it can: at most the 4 RX frames.
+            let mut delivered = 0;
+            while delivered < 1 + round % 4 && kernel_receive(&mut sock, &next_in.to_be_bytes()) {
+                next_in += 1;
+                delivered += 1;
+            }
+            assert!(delivered >= 1, "round {round}: fill ring starved");
+            while sock.recv_batch(3, |frame| {
+                assert_eq!(frame, next_out.to_be_bytes());
+                next_out += 1;
+            }) > 0
+            {}
+            assert_eq!(next_out, next_in);
+        }
+        assert!(next_in > 40);
+        // Every RX frame is back in the fill ring, none lost or duplicated.
+        let fill = &sock.fill;
+        let queued = RingIndex::filled(fill.producer().load(Ordering::Relaxed), {
+            fill.consumer().load(Ordering::Relaxed)
+        });
+        assert_eq!(queued, cfg.frame_count / 2);
+        let mut chunks: Vec<u64> = (0..queued)
+            .map(|i| fill.addr_at(fill.consumer().load(Ordering::Relaxed).wrapping_add(i)))
+            .collect();
+        chunks.sort_unstable();
+        assert_eq!(chunks, [0, 2048, 4096, 6144]);
+        assert_eq!(sock.counters().rx_frames, next_in as u64);
+        assert_eq!(sock.counters().rx_bad_descs, 0);
+        // The indices did cross 2^32.
+        assert!(sock.rx.local < 1000);
+    }
+
+    #[test]
+    fn rx_descriptor_outside_umem_is_counted_not_read() {
+        let cfg = small_config();
+        let mut sock = fake_socket(&cfg, 0);
+        assert!(kernel_receive(&mut sock, b"ok"));
+        assert!(kernel_receive(&mut sock, b"corrupt"));
+        // A broken descriptor in place of the second frame.
+        let last = sock.rx.producer().load(Ordering::Relaxed).wrapping_sub(1);
+        sock.rx.set_desc_at(
+            last,
+            libc::xdp_desc {
+                addr: u64::MAX - 10,
+                len: 100,
+                options: 0,
+            },
+        );
+        let mut seen = Vec::new();
+        assert_eq!(sock.recv_batch(8, |f| seen.push(f.to_vec())), 2);
+        assert_eq!(seen, [b"ok".to_vec()]);
+        assert_eq!(sock.counters().rx_bad_descs, 1);
+        // Only the real frame went back to the fill ring.
+        let fill = &sock.fill;
+        let queued = RingIndex::filled(
+            fill.producer().load(Ordering::Relaxed),
+            fill.consumer().load(Ordering::Relaxed),
+        );
+        assert_eq!(queued, 3);
+        assert!(kernel_receive(&mut sock, b"x"));
+        assert_eq!(sock.recv_batch(8, |f| assert_eq!(f, b"x")), 1);
+    }
+
+    #[test]
+    fn tx_frames_recycle_across_index_wrap() {
+        let cfg = small_config();
+        let mut sock = fake_socket(&cfg, u32::MAX - 1);
+        let tx_frames = (cfg.frame_count - cfg.frame_count / 2) as usize;
+        assert_eq!(sock.tx_free(), tx_frames);
+        let mut wire = Vec::new();
+        let mut sent = 0u32;
+        for _ in 0..25 {
+            // Fill every free frame; the next send finds nothing free.
+            while sock.send_with(|buf| {
+                assert_eq!(buf.len(), cfg.frame_size as usize);
+                buf[..4].copy_from_slice(&sent.to_be_bytes());
+                sent += 1;
+                4
+            }) {}
+            assert!(!sock.send_with(|_| unreachable!("no frame is free")));
+            assert_eq!(sock.tx_free(), 0);
+            // Nothing reaches the wire before flush_tx publishes it.
+            kernel_transmit(&mut sock, &mut wire);
+            assert_eq!(wire.len() as u32 + tx_frames as u32, sent);
+            sock.flush_tx();
+            kernel_transmit(&mut sock, &mut wire);
+            assert_eq!(wire.len() as u32, sent);
+            // Completions come back lazily, on the next send_with.
+            assert_eq!(sock.tx_free(), 0);
+            sock.reclaim();
+            assert_eq!(sock.tx_free(), tx_frames);
+        }
+        for (i, frame) in wire.iter().enumerate() {
+            assert_eq!(frame[..], (i as u32).to_be_bytes());
+        }
+        let c = sock.counters();
+        assert_eq!(c.tx_frames, sent as u64);
+        assert_eq!(c.tx_completed, sent as u64);
+        // Two refusals a round: the one ending the loop and the assert.
+        assert_eq!(c.tx_full, 50);
+        // Copy mode kicks on every flush; /dev/null refuses them.
+        assert!(c.tx_kicks >= 25);
+        assert!(sock.tx.local < 1000);
+    }
+
+    #[test]
+    fn cancelled_send_returns_the_frame() {
+        let cfg = small_config();
+        let mut sock = fake_socket(&cfg, 0);
+        let free = sock.tx_free();
+        assert!(sock.send_with(|_| 0));
+        assert_eq!(sock.tx_free(), free);
+        sock.flush_tx();
+        let mut wire = Vec::new();
+        kernel_transmit(&mut sock, &mut wire);
+        assert!(wire.is_empty());
+        assert_eq!(sock.counters().tx_frames, 0);
+    }
+
+    #[test]
+    fn send_reclaims_completions_when_out_of_frames() {
+        let cfg = small_config();
+        let mut sock = fake_socket(&cfg, 7);
+        while sock.send_with(|buf| {
+            buf[0] = 1;
+            1
+        }) {}
+        sock.flush_tx();
+        let mut wire = Vec::new();
+        kernel_transmit(&mut sock, &mut wire);
+        assert_eq!(sock.tx_free(), 0);
+        // No explicit reclaim: send_with takes the completions itself.
+        assert!(sock.send_with(|buf| {
+            buf[0] = 2;
+            1
+        }));
+        assert_eq!(sock.tx_free(), 3);
     }
 
     #[test]
     fn rejects_bad_configs_and_interfaces() {
-        let bad = XskConfig {
-            frame_size: 3000,
-            ..XskConfig::default()
-        };
-        assert!(XskSocket::new("lo", 0, &bad).is_err());
+        for bad in [
+            XskConfig {
+                frame_size: 3000,
+                ..XskConfig::default()
+            },
+            XskConfig {
+                frame_size: 1024,
+                ..XskConfig::default()
+            },
+            XskConfig {
+                ring_size: 1000,
+                ..XskConfig::default()
+            },
+            XskConfig {
+                ring_size: 1024,
+                ..XskConfig::default()
+            },
+            XskConfig {
+                frame_count: 1,
+                ..XskConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+            assert!(XskSocket::new("lo", 0, &bad).is_err());
+        }
+        XskConfig::default().validate().unwrap();
         let e = XskSocket::new("nosuchif0", 0, &XskConfig::default())
             .err()
             .unwrap();
         assert!(format!("{e:#}").contains("does not exist"));
+        assert!(XskSocket::new("bad\0name", 0, &XskConfig::default()).is_err());
         assert!(interface_queue_count("nosuchif0").is_err());
         assert!(interface_queue_count("lo").unwrap() >= 1);
     }
