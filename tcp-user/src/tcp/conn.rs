@@ -878,6 +878,8 @@ pub(crate) struct Conn {
     pub keepalive_at: Option<Instant>,
     pub keepalive_probes: u32,
     pub keepalive_probe_due: bool,
+    /// When we last answered an unacceptable segment with an ACK.
+    pub last_oow_ack: Option<Instant>,
 }
 
 impl Conn {
@@ -898,6 +900,7 @@ impl Conn {
             keepalive_at: None,
             keepalive_probes: 0,
             keepalive_probe_due: false,
+            last_oow_ack: None,
         }
     }
 
@@ -1227,7 +1230,11 @@ fn emit_data(
         if unsent > 0 && !in_flight && snd.retx_at.is_none() {
             snd.retx_at = Some(now + snd.rto);
         }
-        return emit_ack(tuple, our_mss, snd.snd_nxt, rcv, buf);
+        // A bare ACK carries the highest sequence number sent (as BSD does),
+        // not SND.NXT: after a timeout rewinds SND.NXT it can sit below the
+        // peer's RCV.NXT, the peer would find the ACK unacceptable and never
+        // read its acknowledgment field.
+        return emit_ack(tuple, our_mss, snd.snd_max, rcv, buf);
     }
     let mut flags = ACK;
     if fin {

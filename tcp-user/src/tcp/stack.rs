@@ -36,6 +36,7 @@ counters! {
     rst_received,
     challenge_acks,
     challenge_acks_suppressed,
+    oow_acks_suppressed,
     drop_bad_checksum,
     drop_malformed,
     drop_no_listener,
@@ -429,9 +430,18 @@ impl Stack {
                 self.challenge_ack(now, id);
                 return;
             }
-            if !seg.has(RST) {
+            // At most one such ACK per connection every 500 ms (Linux's
+            // tcp_invalid_ratelimit): two ends disagreeing about sequence
+            // numbers must not trade ACKs for ever.
+            let due = c
+                .last_oow_ack
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(500));
+            if !seg.has(RST) && due {
+                c.last_oow_ack = Some(now);
                 c.ack_now();
                 self.after(id);
+            } else if !seg.has(RST) {
+                self.counters.oow_acks_suppressed += 1;
             }
             return;
         }
