@@ -8,25 +8,34 @@
 //! and say why.
 
 use std::fs::File;
+use std::hash::Hasher;
 use std::io::{BufRead, BufReader, Read};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The tcp-user binary under test.
+use siphasher::sip128::{Hasher128, SipHasher13};
+
+/// How long [`Endpoint::start`] waits for the `READY` line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The tcp-user binary under test, from `TCP_USER_BIN`.
 pub fn binary() -> PathBuf {
-    let path = std::env::var_os("TCP_USER_BIN")
+    binary_from(std::env::var_os("TCP_USER_BIN")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Checks a `TCP_USER_BIN` value: set, and naming an existing file.
+pub fn binary_from(var: Option<std::ffi::OsString>) -> Result<PathBuf, String> {
+    let path = var
         .map(PathBuf::from)
-        .expect("TCP_USER_BIN is not set: run the end-to-end tests through `cargo xtask test`");
-    assert!(
-        path.exists(),
-        "TCP_USER_BIN={} does not exist",
-        path.display()
-    );
-    path
+        .ok_or("TCP_USER_BIN is not set: run the end-to-end tests through `cargo xtask test`")?;
+    if !path.is_file() {
+        return Err(format!("TCP_USER_BIN={} does not exist", path.display()));
+    }
+    Ok(path)
 }
 
 fn must_be_root() {
@@ -191,6 +200,169 @@ impl Topology {
     }
 }
 
+/// A TCP segment for [`Topology::inject_from_client`]: sent from the
+/// client's address and interface to the endpoint's, bypassing the client
+/// kernel's TCP.
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub sport: u16,
+    pub dport: u16,
+    /// scapy's flag letters: "S", "A", "PA", "R", "FA", ...
+    pub flags: &'static str,
+    pub seq: u32,
+    pub ack: u32,
+    pub payload: Vec<u8>,
+    /// `Some(c)` puts `c` into the checksum field (a corrupted segment);
+    /// `None` lets scapy compute the correct checksum.
+    pub checksum: Option<u16>,
+}
+
+impl Topology {
+    /// The endpoint interface's MAC address.
+    pub fn ep_mac(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ep_ns, "cat"])
+            .arg(format!("/sys/class/net/{}/address", self.ep_if))
+            .output()
+            .expect("reading the endpoint's MAC address");
+        let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            out.status.success() && mac.len() == 17,
+            "no MAC for {}",
+            self.ep_if
+        );
+        mac
+    }
+
+    /// Puts one hand-made TCP segment on the wire from the client's end of
+    /// the veth (python3-scapy, `sendp` on the client interface).
+    pub fn inject_from_client(&self, seg: &Segment) {
+        self.run_scapy(seg, "sendp(frame, iface=IFACE, verbose=False)\n");
+    }
+
+    /// Like [`inject_from_client`](Self::inject_from_client), and returns
+    /// the TCP payload of the first segment with data that the endpoint
+    /// then sends to `seg.sport` (empty if none within `timeout`). The
+    /// capture starts before the segment is sent.
+    pub fn inject_and_capture_reply(&self, seg: &Segment, timeout: Duration) -> Vec<u8> {
+        let sniff = format!(
+            "def reply(p):\n\
+             \x20   return TCP in p and p[IP].src == '{ep}' and p[TCP].sport == {dport} \
+             and p[TCP].dport == {sport} and Raw in p\n\
+             got = sniff(iface=IFACE, lfilter=reply, count=1, timeout={secs}, \
+             started_callback=lambda: sendp(frame, iface=IFACE, verbose=False))\n\
+             sys.stdout.write(''.join(bytes(p[Raw].load).hex() for p in got))\n",
+            ep = self.ep_addr,
+            sport = seg.sport,
+            dport = seg.dport,
+            secs = timeout.as_secs_f64(),
+        );
+        let hex = self.run_scapy(seg, &sniff);
+        (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex from scapy"))
+            .collect()
+    }
+
+    /// Runs `action` in python3 with scapy in the client namespace, where
+    /// `frame` is `seg` addressed to the endpoint and `IFACE` the client's
+    /// interface. Returns its stdout.
+    fn run_scapy(&self, seg: &Segment, action: &str) -> String {
+        let payload: String = seg.payload.iter().map(|b| format!("\\x{b:02x}")).collect();
+        let checksum = seg
+            .checksum
+            .map(|c| format!(", chksum={c}"))
+            .unwrap_or_default();
+        let script = format!(
+            "import sys\n\
+             from scapy.all import Ether, IP, TCP, Raw, sendp, sniff\n\
+             IFACE = '{iface}'\n\
+             frame = Ether(dst='{mac}')/IP(src='{src}', dst='{dst}')/\
+             TCP(sport={sport}, dport={dport}, flags='{flags}', seq={seq}, ack={ack}{checksum})/\
+             Raw(b'{payload}')\n{action}",
+            mac = self.ep_mac(),
+            src = self.cl_addr,
+            dst = self.ep_addr,
+            sport = seg.sport,
+            dport = seg.dport,
+            flags = seg.flags,
+            seq = seg.seq,
+            ack = seg.ack,
+            iface = self.cl_if,
+        );
+        // The distribution's python3, which python3-scapy installs into
+        // (a python3 earlier on PATH, e.g. pyenv's, may lack it).
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.cl_ns,
+                "/usr/bin/python3",
+                "-c",
+                &script,
+            ])
+            .output()
+            .expect("running /usr/bin/python3 (scapy)");
+        assert!(
+            out.status.success(),
+            "scapy with {seg:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// The client kernel's next sequence number to send and next one expected
+/// (SND.NXT, RCV.NXT) on `s`, read through TCP_REPAIR (needs CAP_NET_ADMIN).
+/// Meaningful when nothing is in flight, e.g. right after an echo came back.
+pub fn kernel_seq_numbers(s: &std::net::TcpStream) -> (u32, u32) {
+    const TCP_REPAIR_ON: libc::c_int = 1;
+    // Leave repair mode without the window probe TCP_REPAIR_OFF would send.
+    const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
+    const TCP_RECV_QUEUE: libc::c_int = 1;
+    const TCP_SEND_QUEUE: libc::c_int = 2;
+    let fd = s.as_raw_fd();
+    let set = |opt: libc::c_int, val: libc::c_int| {
+        // Safety: `val` is a live c_int and its size is passed with it.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "setsockopt({opt}): {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    let queue_seq = |queue: libc::c_int| -> u32 {
+        set(libc::TCP_REPAIR_QUEUE, queue);
+        let mut seq: u32 = 0;
+        let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+        // Safety: `seq` and `len` are live and `len` is `seq`'s size.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_QUEUE_SEQ,
+                (&mut seq as *mut u32).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_QUEUE_SEQ: {}", std::io::Error::last_os_error());
+        seq
+    };
+    set(libc::TCP_REPAIR, TCP_REPAIR_ON);
+    let snd_nxt = queue_seq(TCP_SEND_QUEUE);
+    let rcv_nxt = queue_seq(TCP_RECV_QUEUE);
+    set(libc::TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+    (snd_nxt, rcv_nxt)
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         self.remove();
@@ -204,7 +376,8 @@ fn spawn_in_netns<T: Send + 'static>(
     let path = format!("/var/run/netns/{ns}");
     std::thread::spawn(move || {
         let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-        // setns only affects the calling thread, which is ours alone.
+        // Safety: plain syscall on an fd we hold open; setns moves only the
+        // calling thread, which is ours alone and ends with `f`.
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
         f()
@@ -245,14 +418,28 @@ impl Endpoint {
         env: &[(&str, &str)],
         wrapper: &[&str],
     ) -> Endpoint {
-        let bin = binary();
+        Endpoint::start_program(&binary(), topo, extra, env, wrapper)
+    }
+
+    /// Starts `bin` (normally [`binary()`]; the harness's own tests use a
+    /// stand-in) as `bin run --iface <ep_if> --control-socket <path> extra..`
+    /// inside the endpoint namespace and waits up to [`READY_TIMEOUT`] for
+    /// its `READY ` line. Panics with the program's stderr if it exits or
+    /// stays silent instead.
+    pub fn start_program(
+        bin: &Path,
+        topo: &Topology,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Endpoint {
         let control = std::env::temp_dir().join(format!("{}.sock", topo.ep_ns));
         let stderr_log = std::env::temp_dir().join(format!("{}.log", topo.ep_ns));
         let log = File::create(&stderr_log).expect("creating the endpoint log");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &topo.ep_ns])
             .args(wrapper)
-            .arg(&bin)
+            .arg(bin)
             .args(["run", "--iface", &topo.ep_if, "--control-socket"])
             .arg(&control)
             .args(extra)
@@ -277,7 +464,7 @@ impl Endpoint {
             ready_line: String::new(),
             stderr_log,
         };
-        match rx.recv_timeout(Duration::from_secs(30)) {
+        match rx.recv_timeout(READY_TIMEOUT) {
             Ok(line) if line.starts_with("READY ") => ep.ready_line = line,
             other => panic!(
                 "tcp-user did not become ready ({other:?}); its log:\n{}",
@@ -372,10 +559,26 @@ impl Endpoint {
         }
     }
 
-    /// SIGTERM and wait; returns the exit status.
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the running endpoint.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self.pid().expect("the endpoint is not running");
+        // Safety: plain syscall; `pid` is our own unreaped child, so it
+        // cannot name another process.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// SIGTERM and wait (SIGKILL after 10 s); returns the exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if self.child.is_some() {
+            self.signal(libc::SIGTERM);
+        }
         let mut c = self.child.take()?;
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let start = Instant::now();
         loop {
             if let Ok(Some(st)) = c.try_wait() {
@@ -418,4 +621,74 @@ pub fn read_to_end(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut v = Vec::new();
     s.read_to_end(&mut v)?;
     Ok(v)
+}
+
+/// Length and 128-bit SipHash of a byte stream: what the byte-exact tests
+/// compare, so a 16 MiB echo need not be held twice in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest {
+    pub len: u64,
+    pub hash: u128,
+}
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Digest {
+        let mut d = DigestWriter::new();
+        d.update(bytes);
+        d.finish()
+    }
+}
+
+/// Incremental [`Digest`]: the same result however the stream is chunked.
+pub struct DigestWriter {
+    len: u64,
+    hasher: SipHasher13,
+}
+
+impl DigestWriter {
+    pub fn new() -> DigestWriter {
+        // Fixed keys: the digests only need to agree within one test run.
+        DigestWriter {
+            len: 0,
+            hasher: SipHasher13::new_with_keys(0x7463_702d_7573_6572, 0x6532_652d_7465_7374),
+        }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        self.hasher.write(bytes);
+    }
+
+    pub fn finish(&self) -> Digest {
+        Digest {
+            len: self.len,
+            hash: self.hasher.finish128().as_u128(),
+        }
+    }
+}
+
+impl Default for DigestWriter {
+    fn default() -> Self {
+        DigestWriter::new()
+    }
+}
+
+/// Reads until EOF (with the socket's own read timeout) and returns the
+/// digest of everything read.
+pub fn read_digest(s: &mut impl Read) -> std::io::Result<Digest> {
+    let mut d = DigestWriter::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(d.finish()),
+            Ok(n) => d.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether a named network namespace exists (`ip netns list`).
+pub fn netns_exists(name: &str) -> bool {
+    Path::new("/var/run/netns").join(name).exists()
 }

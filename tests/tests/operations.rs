@@ -6,7 +6,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
 
-use e2e_tests::{binary, Endpoint, Topology};
+use e2e_tests::{binary, Endpoint, Segment, Topology};
 
 fn connect(addr: SocketAddrV4) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))?;
@@ -104,8 +104,7 @@ fn sigterm_lets_open_connections_finish_then_exits_cleanly() {
         refused
     });
     opened_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    let pid = ep.pid().expect("running");
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    ep.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
     assert!(ep.is_running(), "exited before its connection finished");
     go_tx.send(()).unwrap();
@@ -124,8 +123,7 @@ fn sigterm_resets_what_outlives_the_grace_period() {
     let mut ep = Endpoint::start(&topo, &["--grace-ms", "500"]);
     let addr = SocketAddrV4::new(topo.ep_addr, 7);
     let s = topo.in_client(move || connect(addr).unwrap());
-    let pid = ep.pid().unwrap();
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    ep.signal(libc::SIGTERM);
     let status = ep
         .wait(Duration::from_secs(5))
         .expect("exited after the grace period");
@@ -270,32 +268,15 @@ fn a_config_file_drives_the_endpoint_and_flags_override_it() {
 
 /// Sends one SYN with a wrong TCP checksum from the client namespace.
 fn inject_bad_checksum(topo: &Topology) {
-    let mac = Command::new("ip")
-        .args(["netns", "exec", &topo.ep_ns, "cat"])
-        .arg(format!("/sys/class/net/{}/address", topo.ep_if))
-        .output()
-        .unwrap();
-    let mac = String::from_utf8(mac.stdout).unwrap();
-    let script = format!(
-        "from scapy.all import Ether, IP, TCP, sendp\n\
-         sendp(Ether(dst='{}')/IP(src='{}', dst='{}')/TCP(sport=4321, dport=7, flags='S', chksum=0xbad), iface='{}', verbose=False)\n",
-        mac.trim(),
-        topo.cl_addr,
-        topo.ep_addr,
-        topo.cl_if
-    );
-    let st = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &topo.cl_ns,
-            "/usr/bin/python3",
-            "-c",
-            &script,
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    topo.inject_from_client(&Segment {
+        sport: 4321,
+        dport: 7,
+        flags: "S",
+        seq: 0,
+        ack: 0,
+        payload: Vec::new(),
+        checksum: Some(0x0bad),
+    });
 }
 
 #[test]

@@ -106,6 +106,7 @@ fn a_reset_from_the_peer_tears_the_connection_down() {
             l_onoff: 1,
             l_linger: 0,
         };
+        // Safety: `linger` is live and its size is passed with it.
         let rc = unsafe {
             libc::setsockopt(
                 s.as_raw_fd(),
