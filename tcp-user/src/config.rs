@@ -30,7 +30,8 @@
 //! send_buffer = 1048576
 //! max_connections = 100000
 //! window_scaling = true
-//! sack = false               # RFC 2018; off until SACK-based recovery lands
+//! sack = true               # RFC 2018 SACK, RFC 6675 + RACK-TLP recovery
+//! timestamps = true         # RFC 7323: RTT measurement, PAWS
 //! congestion = "cubic"      # cubic | newreno
 //! ```
 
@@ -111,6 +112,7 @@ struct RawTcp {
     max_connections: Option<Spanned<usize>>,
     window_scaling: Option<bool>,
     sack: Option<bool>,
+    timestamps: Option<bool>,
     congestion: Option<Spanned<String>>,
 }
 
@@ -326,6 +328,9 @@ pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     }
     if let Some(on) = t.sack {
         tcp.sack = on;
+    }
+    if let Some(on) = t.timestamps {
+        tcp.timestamps = on;
     }
     if let Some(c) = &t.congestion {
         tcp.congestion = c

@@ -87,6 +87,11 @@ pub trait CongestionControl: std::fmt::Debug + Send {
     fn on_recovery_end(&mut self, flight: usize);
     /// The retransmission timer expired with `flight` bytes outstanding.
     fn on_rto(&mut self, now: Instant, flight: usize);
+    /// A loss found by SACK-based detection (RFC 6675 §5 step 4.2, RFC 8985)
+    /// with `flight` bytes outstanding: reduce once, without the window
+    /// inflation of NewReno's fast recovery (the pipe estimate does that
+    /// job: SACKed and lost bytes leave it).
+    fn on_congestion_event(&mut self, now: Instant, flight: usize);
 }
 
 /// NewReno (RFC 5681 §3.1–3.2, RFC 6582), with appropriate byte counting
@@ -167,6 +172,13 @@ impl CongestionControl for NewReno {
         self.halve(flight);
         // RFC 5681 §3.1: the loss window is one segment.
         self.cwnd = self.mss;
+        self.acked_in_ca = 0;
+    }
+
+    fn on_congestion_event(&mut self, _now: Instant, flight: usize) {
+        // RFC 6675 §5 step 4.2: "ssthresh = cwnd = (FlightSize / 2)".
+        self.halve(flight);
+        self.cwnd = self.ssthresh;
         self.acked_in_ca = 0;
     }
 }
@@ -296,6 +308,12 @@ impl CongestionControl for Cubic {
         self.reduce();
         self.cwnd = self.mss;
     }
+
+    fn on_congestion_event(&mut self, _now: Instant, _flight: usize) {
+        // §4.6: cwnd = ssthresh = cwnd * beta_cubic.
+        self.reduce();
+        self.cwnd = self.ssthresh;
+    }
 }
 
 #[cfg(test)]
@@ -384,6 +402,30 @@ mod tests {
         c.on_rto(now, 90 * mss);
         assert!((c.w_max - 90.0 * 1.7 / 2.0).abs() < 1e-9);
         assert_eq!(c.cwnd(), mss);
+    }
+
+    #[test]
+    fn congestion_events_reduce_once_without_inflation() {
+        let t0 = Instant::ZERO;
+        // NewReno: FlightSize 20 segments of 1000 -> ssthresh = cwnd = 10.
+        let mut r = NewReno::new(1000);
+        r.cwnd = 24_000;
+        r.on_congestion_event(t0, 20_000);
+        assert_eq!((r.ssthresh(), r.cwnd()), (10_000, 10_000));
+        // Tiny flight: never below 2*SMSS.
+        r.on_congestion_event(t0, 1_000);
+        assert_eq!((r.ssthresh(), r.cwnd()), (2_000, 2_000));
+        // CUBIC: 0.7 of cwnd (40 segments -> 28), W_max = 40, K = cbrt(30).
+        let mut c = Cubic::new(1000);
+        c.cwnd = 40_000;
+        c.on_congestion_event(t0, 40_000);
+        assert_eq!((c.ssthresh(), c.cwnd()), (28_000, 28_000));
+        assert!((c.w_max - 40.0).abs() < 1e-9);
+        assert!((c.k - 30f64.cbrt()).abs() < 1e-9);
+        // Growth after recovery follows W_cubic: at t = K the window is
+        // back at W_max (checked one RTT ahead: target = W_cubic(t + RTT)).
+        c.on_recovery_end(0);
+        assert_eq!(c.cwnd(), 28_000);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::time::Duration;
 use tcp_common::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
 
 use super::cc::{Algorithm, CongestionControl};
+use super::recovery::Scoreboard;
 use super::seq::SeqNum;
 use super::{is_transition, Config, ConnId, ConnInfo, Error, FourTuple, Instant, State};
 use crate::wire::{fill_checksum, SackBlocks, TcpOptions, TcpRepr};
@@ -35,6 +36,41 @@ pub const KEEPALIVE_PROBES: u32 = 9;
 /// Longest gap between keepalive probes (Linux's tcp_keepalive_intvl).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(75);
 
+/// RFC 8985 §7.2's WCDelAckT: the longest the peer may delay the ACK of a
+/// lone segment, which a probe timeout for one segment in flight waits out.
+const WORST_CASE_DELAYED_ACK: Duration = Duration::from_millis(200);
+/// The shortest probe timeout (Linux's floor): below it a probe would race
+/// ordinary ACK delays on any real path.
+const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(2);
+
+/// Bytes a timestamps option takes on every segment once negotiated
+/// (NOP, NOP, kind, length, TSval, TSecr): the payload shrinks by as much
+/// (RFC 6691).
+const TIMESTAMPS_LEN: usize = 12;
+
+/// RFC 7323 §5.5: a TS.Recent older than 24 days is not trusted for PAWS
+/// (the peer's 1 ms clock may have wrapped past half its range).
+pub const PAWS_IDLE: Duration = Duration::from_secs(24 * 24 * 3600);
+
+/// A timestamp clock value: milliseconds (RFC 7323 §5.4: between 1 ms and
+/// 1 s per tick; a faster clock would wrap within PAWS's window on a long
+/// idle connection) plus a per-connection offset (§7.1, so the clock does
+/// not leak the host's uptime or link connections together).
+pub fn tsval(now: Instant, offset: u32) -> u32 {
+    ((now.as_micros() / 1000) as u32).wrapping_add(offset)
+}
+
+/// RFC 7323 timestamps state of the receive side, once negotiated.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Timestamps {
+    /// Added to our millisecond clock in TSval.
+    pub offset: u32,
+    /// TS.Recent: the peer's TSval we echo (§4.3) and check PAWS against.
+    pub recent: u32,
+    /// When TS.Recent was recorded (§5.5).
+    pub recent_at: Instant,
+}
+
 /// The send side (RFC 9293 §3.3.1, send sequence variables).
 pub(crate) struct Send {
     pub iss: SeqNum,
@@ -47,8 +83,12 @@ pub(crate) struct Send {
     pub snd_wscale: u8,
     /// The shift we offer in our SYN or SYN,ACK (None: no option sent).
     pub wscale_offer: Option<u8>,
-    /// We offer SACK-permitted in our SYN or SYN,ACK (RFC 2018).
+    /// We offer SACK-permitted in our SYN or SYN,ACK (RFC 2018); after the
+    /// peer's SYN, whether SACK is in use.
     pub sack_offer: bool,
+    /// Our timestamp clock offset while we offer timestamps (RFC 7323);
+    /// after the peer's SYN, Some only if they are in use.
+    pub ts_offset: Option<u32>,
     pub snd_wl1: SeqNum,
     pub snd_wl2: SeqNum,
     /// Largest window the peer ever offered (sender SWS avoidance).
@@ -66,7 +106,8 @@ pub(crate) struct Send {
     pub rto: Duration,
     pub srtt: Option<Duration>,
     pub rttvar: Duration,
-    /// The segment being timed: (sequence that acknowledges it, sent at).
+    /// The SYN being timed: (sequence that acknowledges it, sent at). Data
+    /// is timed through the scoreboard's records.
     pub rtt_probe: Option<(SeqNum, Instant)>,
     pub retx_at: Option<Instant>,
     pub retries: u32,
@@ -83,9 +124,23 @@ pub(crate) struct Send {
     /// In fast recovery until this sequence number is acknowledged
     /// (RFC 6582's "recover").
     pub recover: Option<SeqNum>,
-    /// A segment to retransmit at once, starting here (fast retransmit or
-    /// a NewReno partial ACK), without moving snd_nxt back.
+    /// A segment to retransmit at once, starting here (fast retransmit, a
+    /// NewReno partial ACK, or the first retransmission of SACK-based
+    /// recovery), without moving snd_nxt back.
     pub fast_retx: Option<SeqNum>,
+    /// Sent segments: SACK marks, loss marks, send times.
+    pub sb: Scoreboard,
+    /// The current recovery began with a retransmission timeout (the
+    /// window regrows by slow start, it is not reduced again).
+    pub rto_recovery: bool,
+    /// RACK's reordering timer (RFC 8985 §6.2 step 5).
+    pub reorder_at: Option<Instant>,
+    /// The tail-loss probe timer (RFC 8985 §7.2).
+    pub probe_at: Option<Instant>,
+    /// The probe timer fired: the next transmission is a probe.
+    pub tlp_pending: bool,
+    /// A probe is out: (SND.MAX when it was sent, it was a retransmission).
+    pub tlp_end: Option<(SeqNum, bool)>,
 }
 
 impl Send {
@@ -99,6 +154,11 @@ impl Send {
             snd_wscale: 0,
             wscale_offer: cfg.window_scaling.then(|| window_shift(cfg.recv_buffer)),
             sack_offer: cfg.sack,
+            // The ISS is already a keyed hash of the 4-tuple and the clock
+            // (RFC 6528): a fine source for the offset too.
+            ts_offset: cfg
+                .timestamps
+                .then(|| iss.get().rotate_left(16) ^ 0x9e37_79b9),
             snd_wl1: SeqNum::default(),
             snd_wl2: SeqNum::default(),
             max_snd_wnd: 0,
@@ -123,6 +183,12 @@ impl Send {
             dupacks: 0,
             recover: None,
             fast_retx: None,
+            sb: Scoreboard::default(),
+            rto_recovery: false,
+            reorder_at: None,
+            probe_at: None,
+            tlp_pending: false,
+            tlp_end: None,
         }
     }
 
@@ -138,7 +204,18 @@ impl Send {
     /// shift our receive side uses (0 when scaling is off).
     pub fn learn_from_syn(&mut self, seg: &TcpRepr<'_>) -> u8 {
         self.peer_mss = seg.options.mss.unwrap_or(DEFAULT_PEER_MSS).max(64);
-        self.smss = self.smss.min(self.peer_mss as usize);
+        // RFC 7323 §3.2: timestamps are used only when both SYNs carry them.
+        if seg.options.timestamps.is_none() {
+            self.ts_offset = None;
+        }
+        // The sender MSS counts payload only: the timestamps option on every
+        // segment comes out of it (RFC 6691).
+        let options = if self.ts_offset.is_some() {
+            TIMESTAMPS_LEN
+        } else {
+            0
+        };
+        self.smss = (self.smss.min(self.peer_mss as usize) - options).max(1);
         self.cc = self.algorithm.build(self.smss, None);
         let our_shift = match (self.wscale_offer, seg.options.window_scale) {
             (Some(ours), Some(theirs)) => {
@@ -211,7 +288,15 @@ impl Send {
     /// removed." Returns true if it acknowledged anything new.
     pub fn on_ack(&mut self, now: Instant, seg: &TcpRepr<'_>, cfg: &Config) -> bool {
         let ack = seg.ack;
-        if !ack.gt(self.snd_una) {
+        let advanced = ack.gt(self.snd_una);
+        let blocks = if self.sack_offer {
+            seg.options.sack.as_slice()
+        } else {
+            &[]
+        };
+        let cum = if advanced { ack } else { self.snd_una };
+        let delivery = self.sb.on_ack(now, cum, self.snd_max, blocks);
+        if !advanced {
             // RFC 1122 §4.2.2.17: the sender "MUST NOT close the connection
             // as long as the receiving TCP continues to send
             // acknowledgments in response to the probe segments": an answer
@@ -219,7 +304,14 @@ impl Send {
             if ack == self.snd_una && seg.window == 0 && self.snd_una != self.snd_max {
                 self.retries = 0;
             }
-            self.on_duplicate_ack(now, seg);
+            if self.sack_offer {
+                if delivery.sacked > 0 {
+                    self.detect_losses(now);
+                    self.arm_probe(now);
+                }
+            } else {
+                self.on_duplicate_ack(now, seg);
+            }
             return false;
         }
         let acked = ack.diff(self.snd_una) as usize;
@@ -236,13 +328,37 @@ impl Send {
         if self.fast_retx.is_some_and(|s| s.lt(ack)) {
             self.fast_retx = None;
         }
-        if let Some((s, t)) = self.rtt_probe {
-            if ack.ge(s) {
+        // One RTT sample per ACK (RFC 6298 allows more than one per RTT;
+        // RFC 7323 §4 takes one from every timestamped ACK): from the send
+        // time of the newest segment delivered that was sent only once;
+        // else, when what was acknowledged had been retransmitted, from the
+        // echoed timestamp, which says which transmission arrived (Karn's
+        // ambiguity does not arise); else from the timed SYN.
+        let syn_sample = match self.rtt_probe {
+            Some((s, t)) if ack.ge(s) => {
                 self.rtt_probe = None;
-                self.rtt_sample(now.saturating_duration_since(t), cfg);
+                Some(now.saturating_duration_since(t))
             }
+            _ => None,
+        };
+        let ts_sample = match (self.ts_offset, seg.options.timestamps) {
+            (Some(offset), Some((_, ecr))) if ecr != 0 && delivery.acked_retransmitted => {
+                let ms = tsval(now, offset).wrapping_sub(ecr);
+                (ms < 1 << 31).then(|| Duration::from_millis(ms as u64))
+            }
+            _ => None,
+        };
+        if let Some(r) = delivery.rtt.or(ts_sample).or(syn_sample) {
+            self.rtt_sample(r, cfg);
         }
         self.dupacks = 0;
+        self.retries = 0;
+        // RFC 6298 §5.2–5.3: all acknowledged → stop the timer, else restart it.
+        self.retx_at = (self.snd_una != self.snd_max).then(|| now + self.rto);
+        if self.sack_offer {
+            self.sack_ack(now, ack, acked);
+            return true;
+        }
         match self.recover {
             // RFC 6582 §3.2 step 6: a full acknowledgment ends recovery.
             Some(recover) if ack.ge(recover) => {
@@ -259,10 +375,101 @@ impl Send {
             None if self.syn_acked() => self.cc.on_ack(now, acked, self.srtt),
             None => {}
         }
-        self.retries = 0;
-        // RFC 6298 §5.2–5.3: all acknowledged → stop the timer, else restart it.
-        self.retx_at = (self.snd_una != self.snd_max).then(|| now + self.rto);
         true
+    }
+
+    /// The rest of an ACK that advanced SND.UNA by `acked` bytes, with SACK
+    /// in use (RFC 6675, RFC 8985).
+    fn sack_ack(&mut self, now: Instant, ack: SeqNum, acked: usize) {
+        match self.recover {
+            // RFC 6675 §5: recovery ends when the ACK covers RecoveryPoint.
+            Some(recover) if ack.ge(recover) => {
+                self.recover = None;
+                if !std::mem::take(&mut self.rto_recovery) {
+                    let flight = self.flight();
+                    self.cc.on_recovery_end(flight);
+                }
+            }
+            // After a timeout the window regrows by slow start (RFC 5681
+            // §3.1); during fast recovery it stays put and the pipe
+            // estimate decides what goes (RFC 6675 §5 step C).
+            Some(_) if self.rto_recovery => self.cc.on_ack(now, acked, self.srtt),
+            Some(_) => {}
+            None if self.syn_acked() => self.cc.on_ack(now, acked, self.srtt),
+            None => {}
+        }
+        if let Some((end, retransmission)) = self.tlp_end {
+            if ack.ge(end) {
+                self.tlp_end = None;
+                // RFC 8985 §7.4: a probe that retransmitted data and is
+                // acknowledged without a D-SACK (we take none) repaired a
+                // real loss: the congestion response is owed all the same.
+                if retransmission && self.recover.is_none() {
+                    let flight = self.flight();
+                    self.cc.on_congestion_event(now, flight);
+                    self.cc.on_recovery_end(flight);
+                }
+            }
+        }
+        self.detect_losses(now);
+        self.arm_probe(now);
+    }
+
+    /// RACK (RFC 8985 §6.2): marks what is now known lost, arms the
+    /// reordering timer for what may still be, and starts recovery on the
+    /// first loss (RFC 6675 §5 step 4: RecoveryPoint = HighData, reduce
+    /// once, retransmit the first lost segment at once).
+    pub fn detect_losses(&mut self, now: Instant) {
+        let (lost, timer) = self.sb.detect_loss(now, self.recover.is_some(), self.srtt);
+        self.reorder_at = timer;
+        if lost > 0 && self.recover.is_none() {
+            let flight = self.flight();
+            self.cc.on_congestion_event(now, flight);
+            self.recover = Some(self.snd_max);
+            self.tlp_end = None;
+            self.fast_retx = self.sb.first_lost().map(|(start, _)| start);
+        }
+    }
+
+    /// RFC 8985 §7.2: after new data goes out or an ACK arrives, with data
+    /// in flight, no recovery and no probe outstanding, a tail-loss probe
+    /// is due in two smoothed RTTs (longer when a single segment may wait
+    /// for a delayed ACK), unless the retransmission timer comes first.
+    pub fn arm_probe(&mut self, now: Instant) {
+        self.probe_at = None;
+        if !self.sack_offer
+            || !self.syn_acked()
+            || self.recover.is_some()
+            || self.tlp_end.is_some()
+            || self.reorder_at.is_some()
+            || self.snd_una == self.snd_max
+        {
+            return;
+        }
+        let Some(srtt) = self.srtt else {
+            return;
+        };
+        let mut pto = srtt * 2;
+        if self.flight() <= self.smss {
+            pto = pto.max(srtt * 3 / 2 + WORST_CASE_DELAYED_ACK);
+        }
+        let at = now + pto.max(MIN_PROBE_TIMEOUT);
+        if self.retx_at.is_none_or(|rto| at < rto) {
+            self.probe_at = Some(at);
+        }
+    }
+
+    /// A loss timer fired: RACK's reordering timer looks again; the probe
+    /// timer makes the next transmission a probe (RFC 8985 §7.3).
+    pub fn on_loss_timer(&mut self, now: Instant) {
+        if self.reorder_at.is_some_and(|t| t <= now) {
+            self.reorder_at = None;
+            self.detect_losses(now);
+        }
+        if self.probe_at.is_some_and(|t| t <= now) {
+            self.probe_at = None;
+            self.tlp_pending = true;
+        }
     }
 
     /// RFC 5681 §2: an ACK is a duplicate when it carries no data, no SYN or
@@ -346,8 +553,27 @@ impl Send {
             return Err(Error::TimedOut);
         }
         self.rto = (self.rto * 2).min(cfg.max_rto);
+        self.probe_at = None;
+        self.reorder_at = None;
+        self.tlp_pending = false;
+        self.tlp_end = None;
         if zero_window_probe {
             self.probe_pending = true;
+        } else if self.sack_offer && self.syn_acked() && !self.sb.is_empty() {
+            // RFC 6675 §5.1 / RFC 8985 §6.3: everything not SACKed is lost
+            // and goes again, lowest first, from a window of one segment
+            // growing by slow start; SACKed data is not resent (unless the
+            // peer seems to have reneged). Recovery lasts until all that was
+            // outstanding is acknowledged, with no further reduction.
+            let flight = self.flight();
+            self.cc.on_rto(now, flight);
+            self.sb.on_timeout(self.retries > 1);
+            self.recover = Some(self.snd_max);
+            self.rto_recovery = true;
+            self.fast_retx = None;
+            self.dupacks = 0;
+            // Karn's rule for the SYN timer; data is timed per record.
+            self.rtt_probe = None;
         } else {
             if self.syn_acked() {
                 let flight = self.flight();
@@ -355,6 +581,7 @@ impl Send {
             }
             self.dupacks = 0;
             self.recover = None;
+            self.rto_recovery = false;
             self.fast_retx = None;
             self.snd_nxt = self.snd_una;
             // Karn's rule: no RTT sample from a retransmitted segment.
@@ -395,6 +622,11 @@ pub(crate) struct Recv {
     pub ack_now: bool,
     pub ack_at: Option<Instant>,
     pub unacked_segs: u32,
+    /// RFC 7323 timestamps, when negotiated.
+    pub ts: Option<Timestamps>,
+    /// Last.ACK.sent (RFC 7323 §4.3): the acknowledgment number of the
+    /// last segment we sent, which decides whose TSval we echo.
+    pub last_ack_sent: SeqNum,
 }
 
 impl Recv {
@@ -414,6 +646,29 @@ impl Recv {
             ack_now: false,
             ack_at: None,
             unacked_segs: 0,
+            ts: None,
+            last_ack_sent: irs + 1,
+        }
+    }
+
+    /// A segment carrying our ACK is going out: nothing more is owed.
+    fn ack_sent(&mut self) {
+        self.ack_now = false;
+        self.ack_at = None;
+        self.unacked_segs = 0;
+        self.last_ack_sent = self.rcv_nxt;
+    }
+
+    /// The options of a non-SYN segment: timestamps when negotiated (RFC
+    /// 7323 §3.2: "MUST be sent in every non-<RST> segment"), and SACK
+    /// blocks for held data (three fit beside timestamps in 40 bytes).
+    fn segment_options(&self, now: Instant) -> TcpOptions {
+        let timestamps = self.ts.map(|t| (tsval(now, t.offset), t.recent));
+        let max_blocks = if timestamps.is_some() { 3 } else { 4 };
+        TcpOptions {
+            timestamps,
+            sack: self.sack_blocks(max_blocks),
+            ..Default::default()
         }
     }
 
@@ -852,6 +1107,8 @@ pub(crate) struct EmitStats {
     pub retransmit: bool,
     /// The retransmission came from fast retransmit/recovery, not a timeout.
     pub fast: bool,
+    /// A tail-loss probe (RFC 8985 §7).
+    pub probe: bool,
 }
 
 /// One connection: its state plus what the stack and the application keep
@@ -938,6 +1195,10 @@ impl Conn {
             in_flight: snd.map_or(0, |s| s.flight()),
             rcv_wnd: self.tcb.rcv().map_or(0, |r| r.rcv_wnd()),
             recovering: snd.is_some_and(|s| s.recover.is_some()),
+            sack: snd.is_some_and(|s| s.sack_offer) || self.tcb.rcv().is_some_and(|r| r.sack_ok),
+            timestamps: self.tcb.rcv().is_some_and(|r| r.ts.is_some()),
+            sacked: snd.map_or(0, |s| s.sb.sacked_bytes()),
+            lost: snd.map_or(0, |s| s.sb.lost_bytes()),
             timer_armed: snd.is_some_and(|s| s.retx_at.is_some()),
         }
     }
@@ -954,6 +1215,8 @@ impl Conn {
     pub fn next_deadline(&self) -> Option<Instant> {
         [
             self.tcb.snd().and_then(|s| s.retx_at),
+            self.tcb.snd().and_then(|s| s.reorder_at),
+            self.tcb.snd().and_then(|s| s.probe_at),
             self.tcb.rcv().and_then(|r| r.ack_at),
             self.close_at(),
             self.keepalive_at,
@@ -1044,7 +1307,7 @@ impl Conn {
                         stats,
                     )
                 } else {
-                    emit_ack(&tuple, our_mss, s.snd.snd_nxt, &mut s.rcv, buf)
+                    emit_ack(now, &tuple, our_mss, s.snd.snd_nxt, &mut s.rcv, buf)
                 }
             }
             Tcb::Established(Established { snd, rcv })
@@ -1056,7 +1319,7 @@ impl Conn {
                     // RFC 1122 §4.2.3.6: a probe is a segment with SEG.SEQ =
                     // SND.NXT-1 and no data; the peer answers with an ACK.
                     rcv.ack_now = true;
-                    return emit_ack(&tuple, our_mss, snd.snd_nxt - 1, rcv, buf);
+                    return emit_ack(now, &tuple, our_mss, snd.snd_nxt - 1, rcv, buf);
                 }
                 let sent = emit_data(now, &tuple, our_mss, nodelay, snd, rcv, buf, stats);
                 if stats.retransmit {
@@ -1064,8 +1327,8 @@ impl Conn {
                 }
                 sent
             }
-            Tcb::FinWait2(s) => emit_ack(&tuple, our_mss, s.snd_nxt, &mut s.rcv, buf),
-            Tcb::TimeWait(s) => emit_ack(&tuple, our_mss, s.snd_nxt, &mut s.rcv, buf),
+            Tcb::FinWait2(s) => emit_ack(now, &tuple, our_mss, s.snd_nxt, &mut s.rcv, buf),
+            Tcb::TimeWait(s) => emit_ack(now, &tuple, our_mss, s.snd_nxt, &mut s.rcv, buf),
         }
     }
 }
@@ -1080,12 +1343,14 @@ fn emit_syn(
     buf: &mut [u8],
     stats: &mut EmitStats,
 ) -> Option<usize> {
+    // RFC 7323 §3.2: a SYN carries TSecr 0; a SYN,ACK echoes the SYN's TSval.
+    let mut ts_echo = 0;
     let (flags, ack, window) = match rcv {
         Some(r) => {
-            r.ack_now = false;
-            r.ack_at = None;
+            r.ack_sent();
             let w = r.syn_window();
             r.rcv_adv = r.rcv_nxt + w as u32;
+            ts_echo = r.ts.map_or(0, |t| t.recent);
             (SYN | ACK, r.rcv_nxt, w)
         }
         None => (SYN, SeqNum::default(), u16::MAX),
@@ -1102,6 +1367,7 @@ fn emit_syn(
             mss: Some(our_mss),
             window_scale: snd.wscale_offer,
             sack_permitted: snd.sack_offer,
+            timestamps: snd.ts_offset.map(|offset| (tsval(now, offset), ts_echo)),
             ..Default::default()
         },
         payload: &[],
@@ -1121,6 +1387,7 @@ fn emit_syn(
 
 /// A bare ACK, if one is owed.
 fn emit_ack(
+    now: Instant,
     tuple: &FourTuple,
     our_mss: u16,
     seq: SeqNum,
@@ -1130,9 +1397,8 @@ fn emit_ack(
     if !rcv.ack_now || buf.len() < 60 {
         return None;
     }
-    rcv.ack_now = false;
-    rcv.ack_at = None;
-    rcv.unacked_segs = 0;
+    let options = rcv.segment_options(now);
+    rcv.ack_sent();
     let window = rcv.advertise(our_mss);
     let repr = TcpRepr {
         src_port: tuple.local.port(),
@@ -1142,13 +1408,24 @@ fn emit_ack(
         flags: ACK,
         window,
         urgent: 0,
-        options: TcpOptions {
-            sack: rcv.sack_blocks(4),
-            ..Default::default()
-        },
+        options,
         payload: &[],
     };
     Some(repr.emit(*tuple.local.ip(), *tuple.remote.ip(), buf))
+}
+
+/// Copies `snd.send_buf[offset..offset + dst.len()]` (a VecDeque may wrap).
+fn copy_out(snd: &Send, offset: usize, dst: &mut [u8]) {
+    let n = dst.len();
+    let (a, b) = snd.send_buf.as_slices();
+    if offset < a.len() {
+        let first = (a.len() - offset).min(n);
+        dst[..first].copy_from_slice(&a[offset..offset + first]);
+        dst[first..].copy_from_slice(&b[..n - first]);
+    } else {
+        let o = offset - a.len();
+        dst.copy_from_slice(&b[o..o + n]);
+    }
 }
 
 /// The next data segment (and/or FIN), or a bare ACK if one is owed.
@@ -1163,12 +1440,9 @@ fn emit_data(
     buf: &mut [u8],
     stats: &mut EmitStats,
 ) -> Option<usize> {
-    // SACK blocks ride on data segments too; RFC 6691: the data shrinks
-    // by the option bytes so the datagram still fits the path.
-    let options = TcpOptions {
-        sack: rcv.sack_blocks(4),
-        ..Default::default()
-    };
+    // Timestamps and SACK blocks ride on data segments too; RFC 6691: the
+    // data shrinks by the option bytes so the datagram still fits the path.
+    let options = rcv.segment_options(now);
     let header = 20 + options.emitted_len();
     if buf.len() < header {
         // A buffer that cannot hold a header (a driver bug): send nothing
@@ -1180,34 +1454,101 @@ fn emit_data(
         .saturating_sub(header - 20)
         .min(room)
         .max(1);
-    let offset = snd.snd_nxt.diff(snd.buf_seq).max(0) as usize;
-    let unsent = snd.send_buf.len().saturating_sub(offset);
     if let Some(start) = snd.fast_retx.take() {
-        if let Some(len) = emit_retransmission(tuple, our_mss, snd, rcv, start, mss, buf) {
+        if let Some(len) = emit_retransmission(now, tuple, our_mss, snd, rcv, start, mss, buf) {
             stats.retransmit = true;
-            stats.fast = true;
+            stats.fast = !snd.rto_recovery;
             return Some(len);
         }
     }
-    // Send no more than both windows allow (RFC 5681 §3.1: min(cwnd, rwnd)).
+    let flight = snd.flight();
+    let sack = snd.sack_offer;
+    // RFC 6675's pipe with SACK; without it, everything sent and not
+    // acknowledged is assumed in the network.
+    let pipe = if sack {
+        snd.sb.pipe(flight)
+    } else {
+        snd.snd_nxt.diff(snd.snd_una).max(0) as usize
+    };
     // RFC 3042 limited transmit: the first two duplicate ACKs each let one
-    // new segment out beyond cwnd, to produce the ACKs fast retransmit needs.
+    // new segment out beyond cwnd, to produce the ACKs fast retransmit
+    // needs. (With SACK the pipe estimate does this by itself: SACKed
+    // bytes leave it.)
     let limited = if snd.recover.is_none() && snd.dupacks < 3 {
         snd.dupacks as usize * snd.smss
     } else {
         0
     };
-    let window = (snd.snd_wnd as usize).min(snd.cc.cwnd().max(snd.smss.min(mss)) + limited);
+    let cwnd = snd.cc.cwnd().max(snd.smss.min(mss)) + limited;
+    let probe = std::mem::take(&mut snd.tlp_pending);
+    if sack {
+        // RFC 6675 NextSeg rule 1: the lowest lost segment first, when the
+        // congestion window has room for it.
+        if let Some((start, end)) = snd.sb.first_lost() {
+            if pipe + snd.smss <= cwnd || probe {
+                let len = (end.diff(start) as usize).min(mss);
+                if let Some(n) = emit_retransmission(now, tuple, our_mss, snd, rcv, start, len, buf)
+                {
+                    stats.retransmit = true;
+                    stats.fast = !snd.rto_recovery;
+                    return Some(n);
+                }
+            }
+        }
+        // Data sent again after a rewind (a window that reopened) skips
+        // what the peer holds already.
+        while snd.snd_nxt.lt(snd.snd_max) {
+            match snd.sb.sacked_run_end(snd.snd_nxt) {
+                Some(end) => snd.snd_nxt = end,
+                None => break,
+            }
+        }
+    }
+    let offset = snd.snd_nxt.diff(snd.buf_seq).max(0) as usize;
+    let mut unsent = snd.send_buf.len().saturating_sub(offset);
+    if sack && snd.snd_nxt.lt(snd.snd_max) {
+        if let Some(next) = snd.sb.next_sacked_from(snd.snd_nxt) {
+            unsent = unsent.min(next.diff(snd.snd_nxt).max(0) as usize);
+        }
+    }
+    // Send no more than both windows allow (RFC 5681 §3.1: min(cwnd, rwnd)):
+    // the peer's window counts sequence space from SND.UNA, cwnd counts
+    // what is in the network. A probe goes whatever cwnd says (RFC 8985
+    // §7.3).
     let in_flight_bytes = snd.snd_nxt.diff(snd.snd_una).max(0) as usize;
-    let usable = window.saturating_sub(in_flight_bytes);
+    let rwnd_room = (snd.snd_wnd as usize).saturating_sub(in_flight_bytes);
+    let cwnd_room = if probe {
+        mss
+    } else {
+        cwnd.saturating_sub(pipe)
+    };
+    let usable = rwnd_room.min(cwnd_room);
     let mut n = unsent.min(usable).min(mss);
     let in_flight = snd.snd_nxt != snd.snd_una;
+    if probe && n == 0 {
+        // RFC 8985 §7.3: no new data may go, so the probe retransmits the
+        // last segment sent.
+        if let Some(last) = snd.sb.last().copied() {
+            let start = if last.end.diff(last.start) as usize > mss {
+                last.end - mss as u32
+            } else {
+                last.start
+            };
+            if let Some(len) = emit_retransmission(now, tuple, our_mss, snd, rcv, start, mss, buf) {
+                snd.tlp_end = Some((snd.snd_max, true));
+                snd.retx_at = Some(now + snd.rto);
+                stats.retransmit = true;
+                stats.probe = true;
+                return Some(len);
+            }
+        }
+    }
     if snd.probe_pending {
         snd.probe_pending = false;
         if unsent > 0 && usable == 0 {
             n = 1;
         }
-    } else if n > 0 && n < mss {
+    } else if n > 0 && n < mss && !probe {
         // RFC 9293 §3.8.6.2.1 (sender SWS avoidance) and RFC 896 (Nagle):
         // a short segment goes out only when it is all there is to send and
         // nothing is in flight (or Nagle is off), or when it fills at least
@@ -1234,7 +1575,7 @@ fn emit_data(
         // not SND.NXT: after a timeout rewinds SND.NXT it can sit below the
         // peer's RCV.NXT, the peer would find the ACK unacceptable and never
         // read its acknowledgment field.
-        return emit_ack(tuple, our_mss, snd.snd_max, rcv, buf);
+        return emit_ack(now, tuple, our_mss, snd.snd_max, rcv, buf);
     }
     let mut flags = ACK;
     if fin {
@@ -1265,57 +1606,59 @@ fn emit_data(
         payload: &[],
     };
     repr.emit_header(buf, header);
-    // Copy send_buf[offset..offset + n] (a VecDeque may wrap).
-    let (a, b) = snd.send_buf.as_slices();
-    let dst_payload = &mut buf[header..header + n];
-    if offset < a.len() {
-        let first = (a.len() - offset).min(n);
-        dst_payload[..first].copy_from_slice(&a[offset..offset + first]);
-        dst_payload[first..].copy_from_slice(&b[..n - first]);
-    } else {
-        let o = offset - a.len();
-        dst_payload.copy_from_slice(&b[o..o + n]);
-    }
+    copy_out(snd, offset, &mut buf[header..header + n]);
     let len = header + n;
     fill_checksum(*tuple.local.ip(), *tuple.remote.ip(), &mut buf[..len]);
 
     let seg_len = n as u32 + fin as u32;
     stats.retransmit = snd.snd_nxt.lt(snd.snd_max);
-    if !stats.retransmit && snd.rtt_probe.is_none() {
-        snd.rtt_probe = Some((snd.snd_nxt + seg_len, now));
-    }
+    snd.sb.on_transmit(snd.snd_nxt, snd.snd_nxt + seg_len, now);
     snd.snd_nxt += seg_len;
     snd.snd_max = snd.snd_max.max(snd.snd_nxt);
     snd.retx_at.get_or_insert(now + snd.rto);
-    rcv.ack_now = false;
-    rcv.ack_at = None;
-    rcv.unacked_segs = 0;
+    if probe {
+        // RFC 8985 §7.3: after a probe the RTO is re-armed, and a second
+        // probe waits for this one's answer.
+        stats.probe = true;
+        snd.tlp_end = Some((snd.snd_max, false));
+        snd.retx_at = Some(now + snd.rto);
+    }
+    snd.arm_probe(now);
+    rcv.ack_sent();
     Some(len)
 }
 
-/// One segment of already-sent data starting at `start` (fast retransmit,
-/// or a NewReno partial ACK), leaving snd_nxt where it is.
+/// Up to `max` bytes of already-sent data starting at `start` (fast
+/// retransmit, a NewReno partial ACK, a lost segment, a probe), leaving
+/// snd_nxt where it is.
+#[allow(clippy::too_many_arguments)]
 fn emit_retransmission(
+    now: Instant,
     tuple: &FourTuple,
     our_mss: u16,
     snd: &mut Send,
     rcv: &mut Recv,
     start: SeqNum,
-    mss: usize,
+    max: usize,
     buf: &mut [u8],
 ) -> Option<usize> {
-    let header = 20;
+    let options = rcv.segment_options(now);
+    let header = 20 + options.emitted_len();
     let offset = start.diff(snd.buf_seq);
-    if offset < 0 || !start.lt(snd.snd_max) {
+    if offset < 0 || !start.lt(snd.snd_max) || buf.len() < header {
         return None;
     }
     let offset = offset as usize;
+    let mss = (snd.peer_mss.min(our_mss) as usize)
+        .saturating_sub(header - 20)
+        .max(1);
     let sent_end = snd.snd_max.diff(snd.buf_seq).max(0) as usize;
     let n = sent_end
         .min(snd.send_buf.len())
         .saturating_sub(offset)
+        .min(max)
         .min(mss)
-        .min(buf.len().saturating_sub(header));
+        .min(buf.len() - header);
     let fin = snd
         .fin_seq()
         .is_some_and(|f| start + n as u32 == f && snd.snd_max.gt(f));
@@ -1335,19 +1678,17 @@ fn emit_retransmission(
         flags,
         window,
         urgent: 0,
-        options: TcpOptions::default(),
+        options,
         payload: &[],
     };
     repr.emit_header(buf, header);
-    for (i, b) in snd.send_buf.range(offset..offset + n).enumerate() {
-        buf[header + i] = *b;
-    }
+    copy_out(snd, offset, &mut buf[header..header + n]);
     let len = header + n;
     fill_checksum(*tuple.local.ip(), *tuple.remote.ip(), &mut buf[..len]);
-    // Karn: nothing sent twice is timed.
-    snd.rtt_probe = None;
-    rcv.ack_now = false;
-    rcv.ack_at = None;
-    rcv.unacked_segs = 0;
+    snd.sb
+        .on_transmit(start, start + n as u32 + fin as u32, now);
+    // RFC 6298 §5.1: the timer runs while data is outstanding.
+    snd.retx_at.get_or_insert(now + snd.rto);
+    rcv.ack_sent();
     Some(len)
 }

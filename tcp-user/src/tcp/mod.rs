@@ -21,6 +21,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 pub mod cc;
 mod conn;
+pub(crate) mod recovery;
 pub mod seq;
 mod stack;
 #[cfg(test)]
@@ -155,11 +156,13 @@ pub struct Config {
     pub window_scaling: bool,
     /// Congestion control for new connections (CUBIC by default, as Linux).
     pub congestion: cc::Algorithm,
-    /// Offer and accept SACK (RFC 2018): report out-of-order data. Off by
-    /// default for now: without a SACK scoreboard on our sending side,
-    /// 32 MiB echoes through 2 % loss against Linux measured about twice as
-    /// slow with it on (issue 4 adds RFC 6675 recovery).
+    /// Offer and accept SACK (RFC 2018): report out-of-order data, and
+    /// recover from losses with a scoreboard (RFC 6675) and RACK-TLP (RFC
+    /// 8985). Without it, NewReno recovery (RFC 6582). On by default.
     pub sack: bool,
+    /// Offer and accept timestamps (RFC 7323): RTT samples across
+    /// retransmissions and PAWS. On by default.
+    pub timestamps: bool,
 }
 
 /// Something the application should know about.
@@ -207,8 +210,16 @@ pub struct ConnInfo {
     pub in_flight: usize,
     /// The window we advertise, bytes.
     pub rcv_wnd: u32,
-    /// In fast recovery.
+    /// In loss recovery (fast recovery, or after a timeout).
     pub recovering: bool,
+    /// SACK in use on this connection.
+    pub sack: bool,
+    /// Timestamps in use on this connection.
+    pub timestamps: bool,
+    /// Bytes the peer has SACKed above the cumulative ACK.
+    pub sacked: usize,
+    /// Bytes deemed lost, not yet sent again.
+    pub lost: usize,
     /// Retransmission (or persist) timer armed.
     pub timer_armed: bool,
 }
@@ -243,7 +254,8 @@ impl Default for Config {
             isn_secret: [0; 16],
             window_scaling: true,
             congestion: cc::Algorithm::Cubic,
-            sack: false,
+            sack: true,
+            timestamps: true,
         }
     }
 }

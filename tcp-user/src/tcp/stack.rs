@@ -9,7 +9,10 @@ use std::time::Duration;
 use siphasher::sip::SipHasher24;
 use tcp_common::tcp_flags::{ACK, FIN, RST, SYN};
 
-use super::conn::{CloseWait, Conn, EmitStats, Established, Recv, Send, SynReceived, SynSent, Tcb};
+use super::conn::{
+    CloseWait, Conn, EmitStats, Established, Recv, Send, SynReceived, SynSent, Tcb, Timestamps,
+    PAWS_IDLE,
+};
 use super::seq::SeqNum;
 use super::{Config, ConnId, ConnInfo, Error, Event, FourTuple, Instant, State, Transmit};
 use crate::wire::{TcpOptions, TcpRepr, WireError};
@@ -31,6 +34,7 @@ counters! {
     segments_out,
     retransmits,
     fast_retransmits,
+    tail_loss_probes,
     rto_expirations,
     rst_sent,
     rst_received,
@@ -46,6 +50,7 @@ counters! {
     drop_table_full,
     drop_bad_flags,
     drop_old_ack,
+    drop_paws,
     conns_accepted,
     conns_connected,
     conns_closed,
@@ -71,6 +76,18 @@ pub(crate) fn segment_acceptable(rcv_nxt: SeqNum, wnd: u32, seq: SeqNum, seg_len
                 || (seq + seg_len - 1).in_range(rcv_nxt, rcv_nxt + wnd)
         }
     }
+}
+
+/// The timestamps state after the peer's SYN (RFC 7323 §3.2: in use only
+/// when both SYNs carried the option; TS.Recent starts at the SYN's TSval).
+fn negotiated_timestamps(snd: &Send, seg: &TcpRepr<'_>, now: Instant) -> Option<Timestamps> {
+    let offset = snd.ts_offset?;
+    let (tsval, _) = seg.options.timestamps?;
+    Some(Timestamps {
+        offset,
+        recent: tsval,
+        recent_at: now,
+    })
 }
 
 /// A reset to send for a segment that matched no connection.
@@ -251,6 +268,7 @@ impl Stack {
         let mut rcv = Recv::new(seg.seq, &self.cfg);
         rcv.rcv_wscale = shift;
         rcv.sack_ok = snd.sack_offer;
+        rcv.ts = negotiated_timestamps(&snd, seg, now);
         let c = Conn::new(
             id,
             tuple,
@@ -345,6 +363,7 @@ impl Stack {
         let mut rcv = Recv::new(seg.seq, &self.cfg);
         rcv.rcv_wscale = shift;
         rcv.sack_ok = ss.snd.sack_offer;
+        rcv.ts = negotiated_timestamps(&ss.snd, seg, now);
         if ack_ok {
             // "If SND.UNA > ISS (our SYN has been ACKed), change the
             // connection state to ESTABLISHED, form an ACK segment."
@@ -383,6 +402,29 @@ impl Stack {
         self.after(id);
     }
 
+    /// "If an incoming segment is not acceptable, an acknowledgment should
+    /// be sent in reply (unless the RST bit is set)": at most one such ACK
+    /// per connection every 500 ms (Linux's tcp_invalid_ratelimit), so two
+    /// ends disagreeing about sequence numbers cannot trade ACKs for ever.
+    fn ack_unacceptable(&mut self, now: Instant, id: ConnId, seg: &TcpRepr<'_>) {
+        if seg.has(RST) {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let due = c
+            .last_oow_ack
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(500));
+        if due {
+            c.last_oow_ack = Some(now);
+            c.ack_now();
+            self.after(id);
+        } else {
+            self.counters.oow_acks_suppressed += 1;
+        }
+    }
+
     /// RFC 9293 §3.10.7.4: every state after SYN-SENT.
     fn synchronized_arrival(&mut self, now: Instant, id: ConnId, seg: &TcpRepr<'_>) {
         let cfg = self.cfg.clone();
@@ -410,10 +452,33 @@ impl Stack {
             }
         }
 
-        // First, check sequence number: the four cases.
         let Some(rcv) = c.tcb.rcv() else {
             return;
         };
+        // RFC 7323 §5.3 R1 (PAWS), before the sequence number check: "If
+        // there is a Timestamps option in the arriving segment, SEG.TSval <
+        // TS.Recent, TS.Recent is valid (see later discussion), and if the
+        // RST bit is not set, then treat the arriving segment as not
+        // acceptable". (A segment without the option is taken, as Linux
+        // does, although §3.2 says it SHOULD be dropped: middleboxes strip
+        // options, and a stalled connection is worse than a missing check.)
+        let paws_reject = match (rcv.ts, seg.options.timestamps) {
+            (Some(ts), Some((tsval, _))) => {
+                !seg.has(RST)
+                    && (tsval.wrapping_sub(ts.recent) as i32) < 0
+                    && now.saturating_duration_since(ts.recent_at) < PAWS_IDLE
+            }
+            _ => false,
+        };
+        if paws_reject {
+            self.counters.drop_paws += 1;
+            self.ack_unacceptable(now, id, seg);
+            return;
+        }
+
+        // First, check sequence number: the four cases.
+        let c = self.conns.get_mut(&id).expect("exists");
+        let rcv = c.tcb.rcv().expect("synchronized");
         let (rcv_nxt, wnd) = (rcv.rcv_nxt, rcv.rcv_wnd());
         let acceptable = segment_acceptable(rcv_nxt, wnd, seg.seq, seg_len);
         // "If the RCV.WND is zero, no segments will be acceptable, but
@@ -430,20 +495,21 @@ impl Stack {
                 self.challenge_ack(now, id);
                 return;
             }
-            // At most one such ACK per connection every 500 ms (Linux's
-            // tcp_invalid_ratelimit): two ends disagreeing about sequence
-            // numbers must not trade ACKs for ever.
-            let due = c
-                .last_oow_ack
-                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(500));
-            if !seg.has(RST) && due {
-                c.last_oow_ack = Some(now);
-                c.ack_now();
-                self.after(id);
-            } else if !seg.has(RST) {
-                self.counters.oow_acks_suppressed += 1;
-            }
+            self.ack_unacceptable(now, id, seg);
             return;
+        }
+        // RFC 7323 §4.3 / §5.3 R3: "If SEG.TSval >= TS.Recent and SEG.SEQ =<
+        // Last.ACK.sent, then record its timestamp in TS.Recent": the echo
+        // follows the segment that caused our next ACK, so delayed and
+        // out-of-order segments do not inflate the peer's RTT samples.
+        if let (Some(rcv), Some((tsval, _))) = (c.tcb.rcv_mut(), seg.options.timestamps) {
+            let last_ack_sent = rcv.last_ack_sent;
+            if let Some(ts) = rcv.ts.as_mut() {
+                if (tsval.wrapping_sub(ts.recent) as i32) >= 0 && seg.seq.le(last_ack_sent) {
+                    ts.recent = tsval;
+                    ts.recent_at = now;
+                }
+            }
         }
         c.last_recv = now;
         if c.keepalive.is_some() {
@@ -766,6 +832,9 @@ impl Stack {
                     if stats.fast {
                         self.counters.fast_retransmits += 1;
                     }
+                    if stats.probe {
+                        self.counters.tail_loss_probes += 1;
+                    }
                     return Some(Transmit {
                         src: *c.tuple.local.ip(),
                         dst: *c.tuple.remote.ip(),
@@ -818,6 +887,7 @@ impl Stack {
                         continue;
                     }
                 }
+                snd.on_loss_timer(now);
             }
             if c.keepalive_at.is_some_and(|d| d <= now) {
                 if let Err(e) = c.on_keepalive_timeout(now) {
