@@ -287,6 +287,12 @@ async fn run_async(
         },
         grace: cfg.grace,
     };
+    // The handlers exist before anyone is told we are ready: a SIGTERM
+    // right after READY must drain and exit 0, not kill the process.
+    let signals = Signals {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+    };
     ready(&driver.iface, &ports);
     let ports_text: Vec<String> = ports.iter().map(u16::to_string).collect();
     if let Err(e) = notify::notify(&format!(
@@ -297,13 +303,25 @@ async fn run_async(
     )) {
         tracing::warn!("could not notify systemd: {e}");
     }
-    driver.serve(req_rx).await
+    driver.serve(req_rx, signals).await
+}
+
+/// The signals that stop the endpoint.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
 }
 
 impl Driver {
-    async fn serve(&mut self, mut requests: mpsc::Receiver<Request>) -> anyhow::Result<()> {
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sigint = signal(SignalKind::interrupt())?;
+    async fn serve(
+        &mut self,
+        mut requests: mpsc::Receiver<Request>,
+        signals: Signals,
+    ) -> anyhow::Result<()> {
+        let Signals {
+            term: mut sigterm,
+            int: mut sigint,
+        } = signals;
         let mut log_tick = tokio::time::interval(Duration::from_millis(250));
         log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let readiness: Vec<AsyncFd<OwnedFd>> = self

@@ -1563,3 +1563,430 @@ mod fuzz {
         }
     }
 }
+
+/// SACK, timestamps, RACK-TLP: a peer that negotiates the options and
+/// answers with SACK blocks and timestamps.
+mod sack_rack_timestamps {
+    use super::*;
+
+    const MSS: u32 = 1460;
+
+    /// What the stack sent, with the options these tests look at.
+    #[derive(Debug)]
+    struct Seg {
+        flags: u8,
+        seq: u32,
+        len: u32,
+        ts: Option<(u32, u32)>,
+        sack: Vec<(u32, u32)>,
+    }
+
+    fn out(p: &mut Peer) -> Vec<Seg> {
+        let mut v = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Some(t) = p.stack.poll_transmit(p.now, &mut buf) {
+            let r = TcpRepr::parse(t.src, t.dst, &buf[..t.len]).expect("valid segment out");
+            assert!(
+                t.len <= 20 + MSS as usize,
+                "segment of {} bytes exceeds the MSS",
+                t.len
+            );
+            v.push(Seg {
+                flags: r.flags,
+                seq: r.seq.get(),
+                len: r.payload.len() as u32,
+                ts: r.options.timestamps,
+                sack: r
+                    .options
+                    .sack
+                    .as_slice()
+                    .iter()
+                    .map(|(l, r)| (l.get(), r.get()))
+                    .collect(),
+            });
+        }
+        v
+    }
+
+    impl Peer {
+        #[allow(clippy::too_many_arguments)]
+        fn seg(
+            &mut self,
+            flags: u8,
+            seq: u32,
+            ack: u32,
+            payload: &[u8],
+            ts: Option<(u32, u32)>,
+            sack: &[(u32, u32)],
+            syn_opts: bool,
+        ) {
+            let mut blocks = crate::wire::SackBlocks::default();
+            for &(l, r) in sack {
+                blocks.push(SeqNum::new(l), SeqNum::new(r));
+            }
+            let repr = TcpRepr {
+                src_port: RPORT,
+                dst_port: PORT,
+                seq: SeqNum::new(seq),
+                ack: SeqNum::new(ack),
+                flags,
+                window: 65535,
+                urgent: 0,
+                options: TcpOptions {
+                    mss: syn_opts.then_some(MSS as u16),
+                    sack_permitted: syn_opts,
+                    timestamps: ts,
+                    sack: blocks,
+                    ..Default::default()
+                },
+                payload,
+            };
+            let mut buf = vec![0u8; repr.header_len() + payload.len()];
+            repr.emit(REMOTE, LOCAL, &mut buf);
+            self.stack.handle_segment(self.now, REMOTE, LOCAL, &buf);
+        }
+    }
+
+    fn counter(p: &Peer, name: &str) -> u64 {
+        p.stack
+            .counters()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    fn info(p: &Peer) -> ConnInfo {
+        p.stack
+            .connections()
+            .into_iter()
+            .next()
+            .expect("one connection")
+    }
+
+    /// A passive open with SACK-permitted and (optionally) timestamps
+    /// (the peer's TSval starts at 100); returns the connection and our
+    /// SYN,ACK's TSval.
+    fn open(ts: bool) -> (Peer, ConnId, Option<u32>) {
+        let mut p = Peer::new();
+        p.stack = Stack::new(Config {
+            window_scaling: false,
+            ..config()
+        });
+        p.stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+        p.seg(SYN, PEER_ISS, 0, &[], ts.then_some((100, 0)), &[], true);
+        let synack = out(&mut p).remove(0);
+        assert_eq!(synack.flags, SYN | ACK);
+        if ts {
+            assert_eq!(synack.ts.map(|t| t.1), Some(100), "the SYN's TSval echoed");
+        } else {
+            assert_eq!(synack.ts, None, "no timestamps unless the peer offers them");
+        }
+        p.seq = PEER_ISS + 1;
+        p.ack = synack.seq + 1;
+        let our_ts = synack.ts.map(|t| t.0);
+        // A 10 ms round trip: the handshake's RTT sample.
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, p.ack, &[], our_ts.map(|t| (101, t)), &[], false);
+        let Some(Event::Accepted { conn, .. }) = p.events().first().copied() else {
+            panic!("not accepted");
+        };
+        let i = info(&p);
+        assert!(i.sack);
+        assert_eq!(i.timestamps, ts);
+        (p, conn, our_ts)
+    }
+
+    #[test]
+    fn timestamps_are_echoed_shrink_the_payload_and_guard_against_wrapped_sequences() {
+        let (mut p, c, _) = open(true);
+        p.stack.set_nodelay(c, true).unwrap();
+        p.stack.send(p.now, c, &[5; 3000]).unwrap();
+        let segs = out(&mut p);
+        // 1460 - 12 bytes of timestamps option per segment (RFC 6691).
+        assert_eq!(
+            segs.iter().map(|s| s.len).collect::<Vec<_>>(),
+            [1448, 1448, 104]
+        );
+        assert!(
+            segs.iter().all(|s| s.ts.map(|t| t.1) == Some(101)),
+            "{segs:?}"
+        );
+        // New data with TSval 200: TS.Recent follows, the ACK echoes it.
+        p.advance(Duration::from_millis(5));
+        p.seg(
+            ACK,
+            p.seq,
+            p.ack + 3000,
+            &[1; 100],
+            Some((200, 0)),
+            &[],
+            false,
+        );
+        p.seq += 100;
+        p.advance(Duration::from_millis(50));
+        let ack = out(&mut p);
+        assert_eq!(ack.last().and_then(|s| s.ts).map(|t| t.1), Some(200));
+        // An old duplicate whose sequence numbers look new (they wrapped):
+        // TSval 150 < TS.Recent, so PAWS drops it and says where we are.
+        p.seg(
+            ACK,
+            p.seq,
+            p.ack + 3000,
+            &[9; 100],
+            Some((150, 0)),
+            &[],
+            false,
+        );
+        assert_eq!(counter(&p, "drop_paws"), 1);
+        let mut buf = [0u8; 256];
+        assert_eq!(
+            p.stack.recv(p.now, c, &mut buf),
+            Ok(100),
+            "only the good 100 bytes"
+        );
+        assert!(!out(&mut p).is_empty(), "an ACK answers the PAWS drop");
+        // A RST is accepted whatever its timestamp (RFC 7323 §5.3 R1).
+        p.seg(RST, p.seq, 0, &[], Some((1, 0)), &[], false);
+        assert_eq!(p.stack.state(c), None);
+    }
+
+    #[test]
+    fn an_out_of_order_segment_does_not_move_ts_recent() {
+        let (mut p, c, _) = open(true);
+        // Beyond a hole: held, its TSval (300) is not recorded (SEG.SEQ >
+        // Last.ACK.sent), so the duplicate ACK still echoes 101.
+        p.seg(
+            ACK,
+            p.seq + 100,
+            p.ack,
+            &[2; 100],
+            Some((300, 0)),
+            &[],
+            false,
+        );
+        let dup = out(&mut p);
+        assert_eq!(dup.last().and_then(|s| s.ts).map(|t| t.1), Some(101));
+        assert_eq!(
+            dup.last().map(|s| s.sack.clone()),
+            Some(vec![(p.seq + 100, p.seq + 200)])
+        );
+        // The hole fills with TSval 301: recorded, and echoed.
+        p.seg(ACK, p.seq, p.ack, &[1; 100], Some((301, 0)), &[], false);
+        let ack = out(&mut p);
+        assert_eq!(ack.last().and_then(|s| s.ts).map(|t| t.1), Some(301));
+        let mut buf = [0u8; 512];
+        assert_eq!(p.stack.recv(p.now, c, &mut buf), Ok(200));
+    }
+
+    #[test]
+    fn rtt_is_measured_from_the_echo_across_a_retransmission() {
+        let (mut p, c, _) = open(true);
+        p.stack.send(p.now, c, &[5; 100]).unwrap();
+        let first = out(&mut p);
+        assert_eq!(first.len(), 1);
+        // Lost. The RTO (200 ms: the minimum, SRTT being 10 ms) resends it.
+        p.advance(Duration::from_millis(250));
+        let again = out(&mut p);
+        assert_eq!(again.len(), 1, "{again:?}");
+        let tsval = again[0].ts.unwrap().0;
+        // Acknowledged 30 ms later, echoing the retransmission's TSval:
+        // that one arrived, the RTT is 30 ms (Karn's rule would forbid a
+        // sample without the echo).
+        p.advance(Duration::from_millis(30));
+        p.seg(ACK, p.seq, p.ack + 100, &[], Some((102, tsval)), &[], false);
+        // SRTT was 10 ms (the handshake): 7/8 of it plus 1/8 of 30 ms.
+        assert_eq!(info(&p).srtt_us, 12_500);
+    }
+
+    /// Ten segments out at t0; the peer's SACKs arrive 10 ms later.
+    fn ten_out(ts: bool) -> (Peer, ConnId, u32, u32) {
+        let (mut p, c, _) = open(ts);
+        p.stack.send(p.now, c, &[7; 64 * 1024]).unwrap();
+        let segs = out(&mut p);
+        assert_eq!(segs.len(), 10, "initial window");
+        let mss = segs[0].len;
+        p.advance(Duration::from_millis(10));
+        let base = p.ack;
+        (p, c, base, mss)
+    }
+
+    #[test]
+    fn sack_recovery_repairs_a_hole_and_a_lost_retransmission_without_a_timeout() {
+        let (mut p, _c, base, mss) = ten_out(false);
+        let seg = |i: u32| base + i * mss;
+        // Segment 1 is lost: ACK of 0, then SACKs of 2, 2-3, 2-4.
+        p.seg(ACK, p.seq, seg(1), &[], None, &[], false);
+        let _ = out(&mut p);
+        let cwnd_before = info(&p).cwnd;
+        for last in 3..=4 {
+            p.seg(ACK, p.seq, seg(1), &[], None, &[(seg(2), seg(last))], false);
+            let o = out(&mut p);
+            assert!(
+                o.iter().all(|s| s.seq != seg(1)),
+                "not yet lost with < 3 SACKed: {o:?}"
+            );
+        }
+        p.seg(ACK, p.seq, seg(1), &[], None, &[(seg(2), seg(5))], false);
+        let o = out(&mut p);
+        assert_eq!(
+            o.first().map(|s| (s.seq, s.len)),
+            Some((seg(1), mss)),
+            "{o:?}"
+        );
+        let i = info(&p);
+        assert!(i.recovering);
+        assert!(
+            i.cwnd < cwnd_before && i.cwnd * 10 >= cwnd_before * 6,
+            "CUBIC's reduction to 0.7: {} -> {}",
+            cwnd_before,
+            i.cwnd
+        );
+        // The rest of the window is SACKed: the pipe empties and new data
+        // goes out.
+        p.advance(Duration::from_millis(1));
+        p.seg(ACK, p.seq, seg(1), &[], None, &[(seg(2), seg(10))], false);
+        let fresh = out(&mut p);
+        assert!(
+            !fresh.is_empty() && fresh.iter().all(|s| s.seq >= seg(10)),
+            "{fresh:?}"
+        );
+        // The retransmission is lost too. New data sent after it is SACKed
+        // 10 ms later: an RTT after the retransmission with later data
+        // delivered, RACK marks it lost again and it goes a third time.
+        p.advance(Duration::from_millis(10));
+        p.seg(
+            ACK,
+            p.seq,
+            seg(1),
+            &[],
+            None,
+            &[(seg(10), seg(11)), (seg(2), seg(10))],
+            false,
+        );
+        let o = out(&mut p);
+        assert_eq!(
+            o.first().map(|s| s.seq),
+            Some(seg(1)),
+            "lost retransmission resent: {o:?}"
+        );
+        assert_eq!(counter(&p, "rto_expirations"), 0);
+        assert_eq!(counter(&p, "fast_retransmits"), 2);
+        // Everything acknowledged: recovery over.
+        let top = fresh.iter().map(|s| s.seq + s.len).max().unwrap();
+        p.seg(ACK, p.seq, top, &[], None, &[], false);
+        assert!(!info(&p).recovering);
+    }
+
+    #[test]
+    fn a_tail_loss_is_probed_and_repaired_without_a_timeout() {
+        let (mut p, c, base, mss) = ten_out(true);
+        // Only ten segments' worth to send: the tail is the last two.
+        let _ = c;
+        let seg = |i: u32| base + i * mss;
+        let tsecr = |p: &Peer| {
+            let _ = p;
+            0
+        };
+        // Segments 0..8 arrive; 8 and 9 are lost (and nothing follows,
+        // since the window is used up until these ACKs make room: the
+        // peer's window is what limits here).
+        p.seg(ACK, p.seq, seg(8), &[], Some((110, tsecr(&p))), &[], false);
+        // New data fills the freed window; the peer loses all of it too.
+        let more = out(&mut p);
+        let top = more.iter().map(|s| s.seq + s.len).max().unwrap_or(seg(10));
+        assert_eq!(counter(&p, "tail_loss_probes"), 0);
+        // Nothing comes back. Two SRTTs (about 20 ms) later a probe goes.
+        p.advance(Duration::from_millis(25));
+        let probe = out(&mut p);
+        assert_eq!(counter(&p, "tail_loss_probes"), 1, "{probe:?}");
+        assert_eq!(counter(&p, "rto_expirations"), 0);
+        assert_eq!(probe.len(), 1);
+        // New data was waiting and the peer's window had room: the probe
+        // carries it (RFC 8985 §7.3).
+        assert_eq!(probe[0].seq, top, "the probe is new data");
+        let top = probe[0].seq + probe[0].len;
+        // Its SACK, 10 ms later, shows everything before it missing: RACK
+        // marks those lost and recovery resends them, still no timeout.
+        p.advance(Duration::from_millis(10));
+        p.seg(
+            ACK,
+            p.seq,
+            seg(8),
+            &[],
+            Some((120, 0)),
+            &[(probe[0].seq, top)],
+            false,
+        );
+        let o = out(&mut p);
+        assert_eq!(o.first().map(|s| s.seq), Some(seg(8)), "{o:?}");
+        assert_eq!(counter(&p, "rto_expirations"), 0);
+        assert!(info(&p).recovering);
+    }
+
+    #[test]
+    fn with_nothing_new_to_send_the_probe_resends_the_last_segment() {
+        let (mut p, c, _) = open(true);
+        p.stack.send(p.now, c, &[7; 4 * 1448]).unwrap();
+        let segs = out(&mut p);
+        assert_eq!(segs.len(), 4);
+        let last = segs.last().map(|s| (s.seq, s.len)).unwrap();
+        // The first two arrive; the last two do not.
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, segs[2].seq, &[], Some((110, 0)), &[], false);
+        assert!(out(&mut p).iter().all(|s| s.len == 0));
+        p.advance(Duration::from_millis(25));
+        let probe = out(&mut p);
+        assert_eq!(
+            probe.iter().map(|s| (s.seq, s.len)).collect::<Vec<_>>(),
+            [last]
+        );
+        assert_eq!(counter(&p, "tail_loss_probes"), 1);
+        // The probe's SACK exposes segment 2: resent at once.
+        p.advance(Duration::from_millis(10));
+        p.seg(
+            ACK,
+            p.seq,
+            segs[2].seq,
+            &[],
+            Some((120, 0)),
+            &[(last.0, last.0 + last.1)],
+            false,
+        );
+        let o = out(&mut p);
+        assert_eq!(o.first().map(|s| s.seq), Some(segs[2].seq), "{o:?}");
+        p.seg(ACK, p.seq, last.0 + last.1, &[], Some((121, 0)), &[], false);
+        assert_eq!(counter(&p, "rto_expirations"), 0);
+        assert_eq!(info(&p).in_flight, 0);
+    }
+
+    #[test]
+    fn a_timeout_with_sack_resends_only_what_the_peer_lacks() {
+        let (mut p, _c, base, mss) = ten_out(false);
+        let seg = |i: u32| base + i * mss;
+        // 1 and 2 SACKed, then silence (the rest and all later ACKs lost).
+        p.seg(ACK, p.seq, seg(0), &[], None, &[(seg(1), seg(3))], false);
+        let _ = out(&mut p);
+        p.advance(Duration::from_secs(3));
+        let mut resent = Vec::new();
+        // Acknowledge each retransmission as it comes (as far as the
+        // first SACKed block, then beyond), so slow start lets more out.
+        for _ in 0..20 {
+            let o = out(&mut p);
+            if o.is_empty() {
+                break;
+            }
+            for s in &o {
+                if s.len > 0 {
+                    resent.push(s.seq);
+                }
+            }
+        }
+        assert!(counter(&p, "rto_expirations") >= 1);
+        assert!(
+            !resent.contains(&seg(1)) && !resent.contains(&seg(2)),
+            "{resent:?}"
+        );
+        assert_eq!(resent.first(), Some(&seg(0)));
+    }
+}
