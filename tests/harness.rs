@@ -64,7 +64,9 @@ fn sh(args: &[&str]) {
 }
 
 /// Two namespaces joined by a veth pair: `ep` for the endpoint (x.1),
-/// `cl` for the Linux client (x.2).
+/// `cl` for the Linux client (x.2). With [`Topology::bridged`], a third
+/// namespace sits between them as an Ethernet bridge, where loss can be
+/// injected that neither end can see.
 pub struct Topology {
     pub ep_ns: String,
     pub cl_ns: String,
@@ -72,6 +74,8 @@ pub struct Topology {
     pub cl_if: String,
     pub ep_addr: Ipv4Addr,
     pub cl_addr: Ipv4Addr,
+    /// The bridge's namespace, when there is one.
+    pub mid_ns: Option<String>,
 }
 
 impl Topology {
@@ -95,6 +99,7 @@ impl Topology {
             cl_if: format!("tc-{name}"),
             ep_addr: Ipv4Addr::new(198, 18, subnet, 1),
             cl_addr: Ipv4Addr::new(198, 18, subnet, 2),
+            mid_ns: None,
         };
         t.remove();
         sh(&["ip", "netns", "add", &t.ep_ns]);
@@ -155,7 +160,150 @@ impl Topology {
         t
     }
 
+    /// The endpoint and the client on one Ethernet segment through a bridge
+    /// in a third namespace: `ep_if` ↔ `tn-NAME` and `cl_if` ↔ `tm-NAME`,
+    /// both bridge ports. Same addresses as [`new`](Self::new).
+    ///
+    /// Loss is injected on the bridge ([`drop_randomly`](Self::drop_randomly))
+    /// because a drop inside either end's own stack is not loss: the
+    /// kernel's TCP learns of a netfilter or qdisc drop on its output path
+    /// from the return code and sends the segment again at once, so no
+    /// hole ever reaches the receiver.
+    pub fn bridged(name: &str, subnet: u8) -> Topology {
+        must_be_root();
+        assert!(
+            name.len() <= 8,
+            "topology name too long for interface names"
+        );
+        let mut t = Topology {
+            ep_ns: format!("tcpu-t-{name}-ep"),
+            cl_ns: format!("tcpu-t-{name}-cl"),
+            ep_if: format!("te-{name}"),
+            cl_if: format!("tc-{name}"),
+            ep_addr: Ipv4Addr::new(198, 18, subnet, 1),
+            cl_addr: Ipv4Addr::new(198, 18, subnet, 2),
+            mid_ns: Some(format!("tcpu-t-{name}-mid")),
+        };
+        t.remove();
+        let mid = t.mid_ns.clone().expect("set above");
+        let (ep_port, cl_port, br) = (format!("tn-{name}"), format!("tm-{name}"), "br0");
+        for ns in [&t.ep_ns, &t.cl_ns, &mid] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        for (ns, dev, port) in [
+            (&t.ep_ns, &t.ep_if, &ep_port),
+            (&t.cl_ns, &t.cl_if, &cl_port),
+        ] {
+            sh(&[
+                "ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port,
+                "netns", &mid,
+            ]);
+        }
+        sh(&["ip", "-n", &mid, "link", "add", br, "type", "bridge"]);
+        for port in [&ep_port, &cl_port] {
+            sh(&["ip", "-n", &mid, "link", "set", port, "master", br]);
+            sh(&["ip", "-n", &mid, "link", "set", port, "up"]);
+        }
+        sh(&["ip", "-n", &mid, "link", "set", br, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.ep_ns,
+            "addr",
+            "add",
+            &format!("{}/24", t.ep_addr),
+            "dev",
+            &t.ep_if,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.cl_ns,
+            "addr",
+            "add",
+            &format!("{}/24", t.cl_addr),
+            "dev",
+            &t.cl_if,
+        ]);
+        for (ns, dev) in [(&t.ep_ns, &t.ep_if), (&t.cl_ns, &t.cl_if)] {
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        }
+        sh(&[
+            "ip", "netns", "exec", &t.cl_ns, "ethtool", "-K", &t.cl_if, "tx", "off",
+        ]);
+        // Keep the struct's own idea of itself (mut only for clarity above).
+        t.mid_ns = Some(mid);
+        t
+    }
+
+    /// Drops `pct` % of the TCP segments to and from `port` in each
+    /// direction on the bridge (nftables, bridge family), silently for both
+    /// ends. Needs a [`bridged`](Self::bridged) topology.
+    pub fn drop_randomly(&self, port: u16, pct: u32) {
+        let mid = self
+            .mid_ns
+            .as_ref()
+            .expect("drop_randomly needs Topology::bridged");
+        let rules = format!(
+            "table bridge tcpu_loss {{\n\
+             chain forward {{ type filter hook forward priority 0;\n\
+             tcp dport {port} numgen random mod 100 < {pct} counter drop;\n\
+             tcp sport {port} numgen random mod 100 < {pct} counter drop; }}\n\
+             }}\n"
+        );
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", mid, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("running nft");
+        use std::io::Write as _;
+        nft.stdin
+            .take()
+            .expect("piped")
+            .write_all(rules.as_bytes())
+            .expect("writing the nftables rules");
+        assert!(
+            nft.wait().expect("nft").success(),
+            "installing the nftables loss rules on the bridge"
+        );
+    }
+
+    /// Packets the bridge's loss rules dropped so far: (to the port, from it).
+    pub fn dropped(&self) -> (u64, u64) {
+        let mid = self.mid_ns.as_ref().expect("bridged topology");
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                mid,
+                "nft",
+                "list",
+                "table",
+                "bridge",
+                "tcpu_loss",
+            ])
+            .output()
+            .expect("nft list");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let counts: Vec<u64> = text
+            .split("packets ")
+            .skip(1)
+            .filter_map(|s| s.split_whitespace().next()?.parse().ok())
+            .collect();
+        (
+            counts.first().copied().unwrap_or(0),
+            counts.get(1).copied().unwrap_or(0),
+        )
+    }
+
     fn remove(&self) {
+        if let Some(mid) = &self.mid_ns {
+            let _ = Command::new("ip")
+                .args(["netns", "del", mid])
+                .stderr(Stdio::null())
+                .status();
+        }
         for ns in [&self.ep_ns, &self.cl_ns] {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])

@@ -403,9 +403,12 @@ impl Stack {
     }
 
     /// "If an incoming segment is not acceptable, an acknowledgment should
-    /// be sent in reply (unless the RST bit is set)": at most one such ACK
-    /// per connection every 500 ms (Linux's tcp_invalid_ratelimit), so two
-    /// ends disagreeing about sequence numbers cannot trade ACKs for ever.
+    /// be sent in reply (unless the RST bit is set)". Answers to segments
+    /// without data are limited to one per connection every 500 ms (Linux's
+    /// tcp_invalid_ratelimit), so two ends disagreeing about sequence
+    /// numbers cannot trade ACKs for ever. A segment with data is always
+    /// answered, as Linux does: it is a retransmission whose ACK was lost,
+    /// and silence would leave the peer to a timeout.
     fn ack_unacceptable(&mut self, now: Instant, id: ConnId, seg: &TcpRepr<'_>) {
         if seg.has(RST) {
             return;
@@ -413,9 +416,9 @@ impl Stack {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let due = c
-            .last_oow_ack
-            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(500));
+        let due = !seg.payload.is_empty()
+            || c.last_oow_ack
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_millis(500));
         if due {
             c.last_oow_ack = Some(now);
             c.ack_now();
