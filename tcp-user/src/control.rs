@@ -139,7 +139,7 @@ pub fn render_table(snap: &serde_json::Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:>8} {:>8} {:<22} {:<22} {:>9} {:>9} {:>7}",
+        "{:<12} {:>8} {:>8} {:<22} {:<22} {:>9} {:>9} {:>7} {:>8} {:<7}",
         "State",
         "Recv-Q",
         "Send-Q",
@@ -147,15 +147,28 @@ pub fn render_table(snap: &serde_json::Value) -> String {
         "Peer Address:Port",
         "RTT(ms)",
         "RTO(ms)",
-        "Retrans"
+        "Retrans",
+        "Cwnd",
+        "Opts"
     );
     let empty = Vec::new();
     let conns = snap["connections"].as_array().unwrap_or(&empty);
     for c in conns {
         let ms = |k: &str| c[k].as_u64().unwrap_or(0) as f64 / 1000.0;
+        // What the connection negotiated, as `ss -i` shows it.
+        let mut opts: Vec<&str> = Vec::new();
+        if c["sack"].as_bool() == Some(true) {
+            opts.push("sack");
+        }
+        if c["timestamps"].as_bool() == Some(true) {
+            opts.push("ts");
+        }
+        if c["recovering"].as_bool() == Some(true) {
+            opts.push("rec");
+        }
         let _ = writeln!(
             out,
-            "{:<12} {:>8} {:>8} {:<22} {:<22} {:>9.3} {:>9.3} {:>7}",
+            "{:<12} {:>8} {:>8} {:<22} {:<22} {:>9.3} {:>9.3} {:>7} {:>8} {:<7}",
             c["state"].as_str().unwrap_or("?"),
             c["recv_queue"].as_u64().unwrap_or(0),
             c["send_queue"].as_u64().unwrap_or(0),
@@ -164,6 +177,8 @@ pub fn render_table(snap: &serde_json::Value) -> String {
             ms("srtt_us"),
             ms("rto_us"),
             c["retransmits"].as_u64().unwrap_or(0),
+            c["cwnd"].as_u64().unwrap_or(0),
+            opts.join(","),
         );
     }
     let _ = write!(out, "\n{} connections", conns.len());
@@ -213,7 +228,8 @@ mod tests {
         let snap = serde_json::json!({
             "connections": [{"id": 1, "local": "198.18.0.1:7", "remote": "198.18.0.2:40000",
                 "state": "ESTABLISHED", "send_queue": 5, "recv_queue": 0, "srtt_us": 1500,
-                "rto_us": 201500, "retransmits": 2}],
+                "rto_us": 201500, "retransmits": 2, "cwnd": 14480, "sack": true,
+                "timestamps": true, "recovering": false}],
             "states": {"ESTABLISHED": 1},
             "xdp": {"redirected": 10, "drop_bad_tcp_checksum": 0},
             "counters": {}, "driver": {}, "afxdp": []
@@ -222,6 +238,7 @@ mod tests {
         assert!(t.contains("ESTABLISHED"), "{t}");
         assert!(t.contains("198.18.0.2:40000"), "{t}");
         assert!(t.contains("1.500"), "{t}");
+        assert!(t.contains("14480 sack,ts"), "{t}");
         assert!(t.contains("1 connections: ESTABLISHED 1"), "{t}");
         assert!(t.contains("XDP verdicts: redirected=10"), "{t}");
         assert!(

@@ -71,6 +71,16 @@ pub(crate) struct Timestamps {
     pub recent_at: Instant,
 }
 
+/// What the retransmission timer was when it fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TimerKind {
+    /// Data in flight was not acknowledged in time (RFC 6298).
+    Retransmission,
+    /// Nothing in flight, data waiting behind a zero or too-small window:
+    /// the persist timer (RFC 9293 §3.8.6.1).
+    Persist,
+}
+
 /// The send side (RFC 9293 §3.3.1, send sequence variables).
 pub(crate) struct Send {
     pub iss: SeqNum,
@@ -535,7 +545,11 @@ impl Send {
 
     /// RFC 6298 §5.4–5.6 on the retransmission timer firing: back off and go
     /// back to the oldest unacknowledged byte. Err when out of retries.
-    pub fn on_retransmit_timeout(&mut self, now: Instant, cfg: &Config) -> Result<(), Error> {
+    pub fn on_retransmit_timeout(
+        &mut self,
+        now: Instant,
+        cfg: &Config,
+    ) -> Result<TimerKind, Error> {
         self.retries += 1;
         let limit = if self.syn_acked() {
             cfg.max_retries
@@ -595,7 +609,11 @@ impl Send {
             self.probe_pending = self.syn_acked();
         }
         self.retx_at = Some(now + self.rto);
-        Ok(())
+        Ok(if zero_window_probe {
+            TimerKind::Persist
+        } else {
+            TimerKind::Retransmission
+        })
     }
 }
 

@@ -10,8 +10,8 @@ use siphasher::sip::SipHasher24;
 use tcp_common::tcp_flags::{ACK, FIN, RST, SYN};
 
 use super::conn::{
-    CloseWait, Conn, EmitStats, Established, Recv, Send, SynReceived, SynSent, Tcb, Timestamps,
-    PAWS_IDLE,
+    CloseWait, Conn, EmitStats, Established, Recv, Send, SynReceived, SynSent, Tcb, TimerKind,
+    Timestamps, PAWS_IDLE,
 };
 use super::seq::SeqNum;
 use super::{Config, ConnId, ConnInfo, Error, Event, FourTuple, Instant, State, Transmit};
@@ -36,6 +36,7 @@ counters! {
     fast_retransmits,
     tail_loss_probes,
     rto_expirations,
+    persist_probes,
     rst_sent,
     rst_received,
     challenge_acks,
@@ -883,11 +884,15 @@ impl Stack {
             if let Some(snd) = c.tcb.snd_mut() {
                 if snd.retx_at.is_some_and(|d| d <= now) {
                     snd.retx_at = None;
-                    self.counters.rto_expirations += 1;
-                    if let Err(e) = snd.on_retransmit_timeout(now, &self.cfg) {
-                        self.counters.conns_timed_out += 1;
-                        self.remove(id, Some(e));
-                        continue;
+                    match snd.on_retransmit_timeout(now, &self.cfg) {
+                        Ok(TimerKind::Retransmission) => self.counters.rto_expirations += 1,
+                        Ok(TimerKind::Persist) => self.counters.persist_probes += 1,
+                        Err(e) => {
+                            self.counters.rto_expirations += 1;
+                            self.counters.conns_timed_out += 1;
+                            self.remove(id, Some(e));
+                            continue;
+                        }
                     }
                 }
                 snd.on_loss_timer(now);
