@@ -191,6 +191,12 @@ struct Ring {
     local: u32,
 }
 
+// Safety: a Ring owns its mapping (nothing else holds these pointers or
+// unmaps it) and is only used through `&mut self`, so moving it to another
+// thread moves the sole user; the kernel, the only other party, is
+// synchronised with through the atomics, not through the thread.
+unsafe impl Send for Ring {}
+
 impl Ring {
     fn map(
         fd: RawFd,
@@ -318,6 +324,12 @@ struct Umem {
     base: NonNull<u8>,
     len: usize,
 }
+
+// Safety: the UMEM area is owned by its socket alone (allocated and freed
+// by it, never aliased outside `&mut self` methods); frames shared with the
+// kernel change hands only through the rings' acquire/release indexes,
+// whichever thread the socket lives on.
+unsafe impl Send for Umem {}
 
 impl Umem {
     fn new(len: usize) -> anyhow::Result<Umem> {

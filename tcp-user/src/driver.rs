@@ -1,8 +1,11 @@
 //! The tokio driver: the thin layer that joins the XDP program, the AF_XDP
 //! sockets and the sans-IO TCP core.
 //!
-//! One task on a current-thread runtime owns everything, so nothing is
-//! shared or locked. Each turn of its loop:
+//! One task owns the sockets. The core, the built-in services, the XDP
+//! maps and the state of the library API's handles live in one [`Core`]
+//! behind a mutex that the driver takes once per turn and an application
+//! task takes once per read, write, accept or connect (never across an
+//! `.await`). Each turn of the loop:
 //!
 //! 1. drains a batch of frames from every AF_XDP RX ring into the core,
 //! 2. fires the core's timers when they are due,
@@ -12,22 +15,25 @@
 //!    IPv4 headers in front) and kicks the TX ring once per batch,
 //!
 //! then sleeps until a socket is readable, the core's earliest timer is due,
-//! a control client asks for a snapshot, or a signal arrives. The core keeps
+//! an application handle has queued work, a control client asks for a
+//! snapshot, or a signal arrives. The core keeps
 //! its timers as data, so there is one wakeup however many connections.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::afxdp::{interface_queue_count, XskConfig, XskSocket};
+use crate::api::Apps;
 use crate::control::{ControlServer, Request, Snapshot};
 use crate::frame::{self, TxHeaders, TCP_OFFSET};
 use crate::notify;
@@ -149,10 +155,11 @@ fn interface_ipv4(name: &str) -> anyhow::Result<Ipv4Addr> {
 
 /// A monotonic clock for the core, which only ever sees microseconds since
 /// the driver started.
-struct Clock(std::time::Instant);
+#[derive(Clone, Copy)]
+pub(crate) struct Clock(std::time::Instant);
 
 impl Clock {
-    fn now(&self) -> Instant {
+    pub(crate) fn now(&self) -> Instant {
         Instant::from_micros(self.0.elapsed().as_micros() as u64)
     }
     fn deadline(&self, at: Instant) -> tokio::time::Instant {
@@ -189,16 +196,65 @@ impl DriverCounters {
     }
 }
 
+/// Everything the driver and the application's handles share.
+pub(crate) struct Core {
+    pub stack: Stack,
+    pub services: Services,
+    /// The library API's listeners and streams.
+    pub apps: Apps,
+    pub xdp: XdpAttachment,
+    /// Where segments go: the MAC address of each peer (learned from its
+    /// frames, or resolved for an active open).
+    pub peer_macs: HashMap<Ipv4Addr, [u8; 6]>,
+    pub clock: Clock,
+}
+
+impl Core {
+    /// Hands the core's events to their owners: the library API's handles,
+    /// or the built-in services. A connection the endpoint opened leaves
+    /// the XDP flows map when it is gone (after TIME-WAIT).
+    fn dispatch_events(&mut self, now: Instant) {
+        while let Some(ev) = self.stack.poll_event() {
+            if let tcp::Event::Closed { tuple, .. } = ev {
+                if self.apps.forget_flow(&tuple) {
+                    if let Err(e) = self.xdp.remove_flow(crate::api::flow_key(&tuple)) {
+                        tracing::warn!("removing the flow {tuple:?} from XDP: {e:#}");
+                    }
+                }
+            }
+            if self.apps.owns(&ev) {
+                self.apps.handle(&mut self.stack, now, ev);
+            } else {
+                self.services.handle(&mut self.stack, now, ev);
+            }
+        }
+    }
+}
+
+/// The shared half of a running endpoint.
+pub(crate) struct Shared {
+    pub core: Mutex<Core>,
+    /// Wakes the driver: an application handle queued something to send,
+    /// or the last handle went away.
+    pub wake: Notify,
+    pub iface: Interface,
+}
+
+impl Shared {
+    /// The core, also after a panic elsewhere poisoned the lock: the core's
+    /// state is consistent between calls, and refusing service would only
+    /// turn one failure into many.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The running endpoint.
-struct Driver {
+pub(crate) struct Driver {
     iface: Interface,
     clock: Clock,
-    stack: Stack,
-    services: Services,
-    xdp: XdpAttachment,
+    shared: Arc<Shared>,
     sockets: Vec<XskSocket>,
-    /// Where replies go: the MAC address each peer's frames came from.
-    peer_macs: HashMap<Ipv4Addr, [u8; 6]>,
     ip_id: u16,
     /// The TX socket used next (round robin over the queues' sockets).
     tx_next: usize,
@@ -217,10 +273,10 @@ pub fn run(cfg: RunConfig, ready: impl FnOnce(&Interface, &[u16])) -> anyhow::Re
     rt.block_on(run_async(cfg, ready))
 }
 
-async fn run_async(
-    mut cfg: RunConfig,
-    ready: impl FnOnce(&Interface, &[u16]),
-) -> anyhow::Result<()> {
+/// Loads and attaches the XDP program, opens one AF_XDP socket per queue
+/// and listens on the services' ports: an endpoint ready to serve, whose
+/// listening ports are returned too.
+pub(crate) fn start(mut cfg: RunConfig) -> anyhow::Result<(Driver, Vec<u16>)> {
     let iface = Interface::lookup(&cfg.iface, cfg.addr)?;
     let xsk_cfg = XskConfig::default();
     cfg.tcp.mss = iface.mss(xsk_cfg.frame_size);
@@ -266,18 +322,24 @@ async fn run_async(
         sockets.len(),
         cfg.tcp.mss
     );
-
-    let (req_tx, req_rx) = mpsc::channel::<Request>(16);
-    let _control = ControlServer::bind(&cfg.control_socket, req_tx)?;
-
-    let mut driver = Driver {
+    let clock = Clock(std::time::Instant::now());
+    let shared = Arc::new(Shared {
+        core: Mutex::new(Core {
+            stack,
+            services,
+            apps: Apps::default(),
+            xdp,
+            peer_macs: HashMap::new(),
+            clock,
+        }),
+        wake: Notify::new(),
+        iface: iface.clone(),
+    });
+    let driver = Driver {
         iface,
-        clock: Clock(std::time::Instant::now()),
-        stack,
-        services,
-        xdp,
+        clock,
+        shared,
         sockets,
-        peer_macs: HashMap::new(),
         ip_id: 0,
         tx_next: 0,
         counters: DriverCounters::default(),
@@ -287,6 +349,14 @@ async fn run_async(
         },
         grace: cfg.grace,
     };
+    Ok((driver, ports))
+}
+
+async fn run_async(cfg: RunConfig, ready: impl FnOnce(&Interface, &[u16])) -> anyhow::Result<()> {
+    let control_socket = cfg.control_socket.clone();
+    let (mut driver, ports) = start(cfg)?;
+    let (req_tx, req_rx) = mpsc::channel::<Request>(16);
+    let _control = ControlServer::bind(&control_socket, req_tx)?;
     // The handlers exist before anyone is told we are ready: a SIGTERM
     // right after READY must drain and exit 0, not kill the process.
     let signals = Signals {
@@ -342,17 +412,19 @@ impl Driver {
                 }
                 continue;
             }
-            let deadline = self.stack.poll_timeout().map(|t| self.clock.deadline(t));
+            let deadline = self.next_deadline();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
             };
+            let shared = Arc::clone(&self.shared);
             tokio::select! {
                 _ = any_readable(&readiness) => {}
                 _ = sleep => {}
-                _ = log_tick.tick() => self.xdp.flush_logs(),
+                _ = shared.wake.notified() => {}
+                _ = log_tick.tick() => self.shared.lock().xdp.flush_logs(),
                 Some(req) = requests.recv() => {
                     let _ = req.send(self.snapshot());
                 }
@@ -362,9 +434,61 @@ impl Driver {
         }
         self.drain(&readiness, &mut requests, &mut sigterm, &mut sigint)
             .await;
-        self.xdp.flush_logs();
+        self.shared.lock().xdp.flush_logs();
         self.shutdown();
         Ok(())
+    }
+
+    /// The half the application's handles share.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// When the core's earliest timer is due.
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        let at = self.shared.lock().stack.poll_timeout();
+        at.map(|t| self.clock.deadline(t))
+    }
+
+    /// The library API's loop: serves until every application handle is
+    /// gone (`handles` cannot be upgraded any more), then resets what is
+    /// left and detaches.
+    pub(crate) async fn serve_library(mut self, handles: Weak<()>) {
+        let readiness: Vec<AsyncFd<OwnedFd>> = match self
+            .sockets
+            .iter()
+            .map(|s| s.readiness())
+            .collect::<Result<_, _>>()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("registering the AF_XDP sockets with tokio: {e}");
+                return;
+            }
+        };
+        let mut log_tick = tokio::time::interval(Duration::from_millis(250));
+        log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        while handles.strong_count() > 0 {
+            if self.turn() {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let deadline = self.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let shared = Arc::clone(&self.shared);
+            tokio::select! {
+                _ = any_readable(&readiness) => {}
+                _ = sleep => {}
+                _ = shared.wake.notified() => {}
+                _ = log_tick.tick() => self.shared.lock().xdp.flush_logs(),
+            }
+        }
+        self.shutdown();
     }
 
     /// Graceful shutdown: accept nothing new, let open connections finish
@@ -378,13 +502,18 @@ impl Driver {
         sigint: &mut tokio::signal::unix::Signal,
     ) {
         let _ = notify::notify("STOPPING=1");
-        let ports: Vec<u16> = self.services.ports().collect();
-        for port in ports {
-            self.stack
-                .unlisten(SocketAddrV4::new(self.iface.addr, port));
+        {
+            let mut core = self.shared.lock();
+            let ports: Vec<u16> = core.services.ports().collect();
+            for port in ports {
+                core.stack
+                    .unlisten(SocketAddrV4::new(self.iface.addr, port));
+            }
         }
         let open = |d: &Driver| {
-            d.stack
+            d.shared
+                .lock()
+                .stack
                 .connections()
                 .iter()
                 .filter(|c| c.state != tcp::State::TimeWait)
@@ -404,11 +533,7 @@ impl Driver {
                 tracing::info!("all connections finished");
                 return;
             }
-            let deadline = self
-                .stack
-                .poll_timeout()
-                .map(|t| self.clock.deadline(t).min(until))
-                .unwrap_or(until);
+            let deadline = self.next_deadline().map_or(until, |d| d.min(until));
             tokio::select! {
                 _ = any_readable(readiness) => {}
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -429,10 +554,13 @@ impl Driver {
     fn turn(&mut self) -> bool {
         self.counters.turns += 1;
         let now = self.clock.now();
+        let shared = Arc::clone(&self.shared);
+        let mut guard = shared.lock();
+        let core = &mut *guard;
         let mut full_batch = false;
         for sock in &mut self.sockets {
-            let stack = &mut self.stack;
-            let macs = &mut self.peer_macs;
+            let stack = &mut core.stack;
+            let macs = &mut core.peer_macs;
             let counters = &mut self.counters;
             let local = self.iface.addr;
             let pcap = &mut self.pcap;
@@ -453,13 +581,11 @@ impl Driver {
             full_batch |= n == RX_BATCH;
             sock.wake_rx_if_needed();
         }
-        if self.stack.poll_timeout().is_some_and(|t| t <= now) {
-            self.stack.handle_timeout(now);
+        if core.stack.poll_timeout().is_some_and(|t| t <= now) {
+            core.stack.handle_timeout(now);
         }
-        while let Some(ev) = self.stack.poll_event() {
-            self.services.handle(&mut self.stack, now, ev);
-        }
-        let tx_blocked = self.transmit(now);
+        core.dispatch_events(now);
+        let tx_blocked = self.transmit(now, core);
         if let Some(p) = self.pcap.as_mut() {
             p.flush();
         }
@@ -468,7 +594,7 @@ impl Driver {
 
     /// Sends everything the core has; true when the TX ring ran out of
     /// room (the rest waits for the next turn, still queued in the core).
-    fn transmit(&mut self, now: Instant) -> bool {
+    fn transmit(&mut self, now: Instant, core: &mut Core) -> bool {
         if self.sockets.is_empty() {
             return false;
         }
@@ -477,8 +603,8 @@ impl Driver {
         loop {
             let idx = self.tx_next % self.sockets.len();
             let sock = &mut self.sockets[idx];
-            let stack = &mut self.stack;
-            let macs = &self.peer_macs;
+            let stack = &mut core.stack;
+            let macs = &core.peer_macs;
             let counters = &mut self.counters;
             let src_mac = self.iface.mac;
             let ip_id = &mut self.ip_id;
@@ -544,7 +670,8 @@ impl Driver {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let connections = self.stack.connections();
+        let core = self.shared.lock();
+        let connections = core.stack.connections();
         let mut states = BTreeMap::new();
         for c in &connections {
             let name = serde_json::to_value(c.state)
@@ -572,8 +699,8 @@ impl Driver {
             addr: self.iface.addr.to_string(),
             connections,
             states,
-            counters: to_map(self.stack.counters()),
-            xdp: to_map(self.xdp.counters()),
+            counters: to_map(core.stack.counters()),
+            xdp: to_map(core.xdp.counters()),
             afxdp,
             driver: self.counters.as_map(),
         }
@@ -583,19 +710,23 @@ impl Driver {
     /// out) and sends those RSTs before the XDP program goes away.
     fn shutdown(&mut self) {
         let now = self.clock.now();
-        let ids: Vec<_> = self
+        let shared = Arc::clone(&self.shared);
+        let mut guard = shared.lock();
+        let core = &mut *guard;
+        let ids: Vec<_> = core
             .stack
             .connections()
             .into_iter()
             .map(|c| tcp::ConnId(c.id))
             .collect();
         for id in ids {
-            let _ = self.stack.abort(now, id);
+            let _ = core.stack.abort(now, id);
         }
-        while self.stack.poll_event().is_some() {}
+        // The handles learn that their connections are gone.
+        core.dispatch_events(now);
         // Bounded: the core drains its RSTs; a full ring just loses them.
         for _ in 0..16 {
-            if !self.transmit(now) {
+            if !self.transmit(now, core) {
                 break;
             }
         }

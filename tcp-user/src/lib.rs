@@ -7,8 +7,11 @@
 //! - [`xdp`]: loads and attaches the embedded XDP program, owns its maps.
 //! - [`frame`]: Ethernet and IPv4 framing around TCP segments.
 //! - [`driver`]: the tokio driver joining all of the above.
+//! - [`api`]: the library API: `Endpoint`, `TcpListener`, `TcpStream`
+//!   (tokio `AsyncRead`/`AsyncWrite`).
 
 pub mod afxdp;
+pub mod api;
 pub mod config;
 pub mod control;
 pub mod diagram;

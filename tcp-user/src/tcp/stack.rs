@@ -1080,6 +1080,16 @@ impl Stack {
         Ok(())
     }
 
+    /// The addresses of a connection (None once released).
+    pub fn tuple(&self, conn: ConnId) -> Option<FourTuple> {
+        self.conns.get(&conn).map(|c| c.tuple)
+    }
+
+    /// Whether a connection with these addresses exists.
+    pub fn in_use(&self, tuple: &FourTuple) -> bool {
+        self.by_tuple.contains_key(tuple)
+    }
+
     /// The state of a connection (None once released).
     pub fn state(&self, conn: ConnId) -> Option<State> {
         self.conns.get(&conn).map(|c| c.state())
