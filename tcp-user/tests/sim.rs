@@ -58,6 +58,7 @@ fn gilbert_elliott_long_run_loss_matches_the_stationary_formula() {
             r: 0.2,
             loss_good: 0.005,
             loss_bad: 0.6,
+            forget_after: None,
         },
     ];
     for ge in channels {

@@ -84,12 +84,21 @@ impl Rng {
 /// The stationary share of the bad state is p / (p + r), so the long-run
 /// loss rate is p/(p+r)·loss_bad + r/(p+r)·loss_good, and a visit to the
 /// bad state lasts 1/r datagrams on average.
+///
+/// A chain that only steps per datagram (as netem's) stays bad across any
+/// silence: a sender backing off after an RTO would meet the same burst
+/// again and again, minutes later, which no real burst (a fade, a
+/// cross-traffic spike) does. With `forget_after`, a datagram that comes
+/// after the link was idle that long finds the chain in a state drawn
+/// afresh from the stationary distribution: the long-run rate is kept, the
+/// memory is not.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GilbertElliott {
     pub p: f64,
     pub r: f64,
     pub loss_good: f64,
     pub loss_bad: f64,
+    pub forget_after: Option<Duration>,
 }
 
 impl GilbertElliott {
@@ -103,12 +112,18 @@ impl GilbertElliott {
             r,
             loss_good: 0.0,
             loss_bad: 1.0,
+            forget_after: None,
         }
+    }
+
+    /// The stationary share of the bad state, p / (p + r).
+    pub fn bad_share(&self) -> f64 {
+        self.p / (self.p + self.r)
     }
 
     /// The long-run (stationary) loss rate.
     pub fn mean_loss(&self) -> f64 {
-        let bad = self.p / (self.p + self.r);
+        let bad = self.bad_share();
         bad * self.loss_bad + (1.0 - bad) * self.loss_good
     }
 
@@ -325,8 +340,10 @@ pub struct SimNet {
     pub links: [Link; 2],
     pub stats: [LinkStats; 2],
     rng: Rng,
-    /// Each link's Gilbert–Elliott channel is in its bad state.
+    /// Each link's Gilbert–Elliott channel: in its bad state, and when it
+    /// last drew.
     burst_bad: [bool; 2],
+    burst_last: [Instant; 2],
     queue: DeliveryQueue,
     /// When each link's wire is free again (bandwidth model).
     busy_until: [Instant; 2],
@@ -371,6 +388,7 @@ impl SimNet {
             stats: [LinkStats::default(); 2],
             rng: Rng::new(seed),
             burst_bad: [false; 2],
+            burst_last: [start; 2],
             queue: DeliveryQueue::default(),
             busy_until: [start; 2],
             pcap: Pcap::default(),
@@ -560,10 +578,7 @@ impl SimNet {
         // draws exactly what it did before that model existed.
         let lost = !dropped
             && !queue_drop
-            && (self.rng.chance(link.loss)
-                | link
-                    .bursty
-                    .is_some_and(|ge| ge.draw(&mut self.burst_bad[li], &mut self.rng)));
+            && (self.rng.chance(link.loss) | self.burst_lost(li, link.bursty));
         if lost {
             self.stats[li].lost += 1;
         }
@@ -608,6 +623,17 @@ impl SimNet {
                 corrupted,
             });
         }
+    }
+
+    /// Whether link `li`'s burst channel (if any) loses the next datagram.
+    fn burst_lost(&mut self, li: usize, bursty: Option<GilbertElliott>) -> bool {
+        let Some(ge) = bursty else { return false };
+        let idle = self.now.saturating_duration_since(self.burst_last[li]);
+        if ge.forget_after.is_some_and(|d| idle > d) {
+            self.burst_bad[li] = self.rng.chance(ge.bad_share());
+        }
+        self.burst_last[li] = self.now;
+        ge.draw(&mut self.burst_bad[li], &mut self.rng)
     }
 
     /// Takes events and state changes of both stacks into the logs.
