@@ -275,6 +275,55 @@ fn link_models_latency_bandwidth_queue_and_mtu() {
 }
 
 #[test]
+fn bursts_do_not_outlive_silence_with_forget_after() {
+    // Long bursts (100 datagrams), half the time bad. Datagrams 20 ms
+    // apart: without forgetting, a loss is followed by another almost
+    // always; with forget_after = 10 ms every datagram meets a fresh draw
+    // from the stationary distribution, so about half the time; and the
+    // long-run rate stays p/(p+r) either way.
+    let ge = GilbertElliott {
+        p: 0.01,
+        r: 0.01,
+        loss_good: 0.0,
+        loss_bad: 1.0,
+        forget_after: None,
+    };
+    let run = |forget_after| {
+        let mut net = SimNet::new("forget", 3, Config::default());
+        net.links[0] = Link {
+            bandwidth: None,
+            bursty: Some(GilbertElliott { forget_after, ..ge }),
+            ..Link::default()
+        };
+        let (mut lost_prev, mut pairs, mut after_loss) = (false, 0u32, 0u32);
+        for _ in 0..4000 {
+            let before = net.stats[0].lost;
+            net.send_on_link(Side::A, A_IP, B_IP, ack_segment(0));
+            let lost = net.stats[0].lost > before;
+            if lost_prev {
+                after_loss += 1;
+                pairs += lost as u32;
+            }
+            lost_prev = lost;
+            net.now = net.now + Duration::from_millis(20);
+        }
+        (
+            pairs as f64 / after_loss as f64,
+            net.stats[0].lost as f64 / 4000.0,
+        )
+    };
+    let (sticky, rate_sticky) = run(None);
+    let (fresh, rate_fresh) = run(Some(Duration::from_millis(10)));
+    assert!(sticky > 0.95, "P(loss | loss) without forgetting: {sticky}");
+    assert!(
+        (0.4..0.6).contains(&fresh),
+        "P(loss | loss) forgetting: {fresh}"
+    );
+    assert!((0.3..0.7).contains(&rate_sticky), "{rate_sticky}");
+    assert!((0.45..0.55).contains(&rate_fresh), "{rate_fresh}");
+}
+
+#[test]
 fn same_seed_same_run() {
     let run = |seed| {
         let links = [Link {

@@ -118,7 +118,11 @@ impl GilbertElliott {
 
     /// The stationary share of the bad state, p / (p + r).
     pub fn bad_share(&self) -> f64 {
-        self.p / (self.p + self.r)
+        if self.p + self.r > 0.0 {
+            self.p / (self.p + self.r)
+        } else {
+            0.0
+        }
     }
 
     /// The long-run (stationary) loss rate.
