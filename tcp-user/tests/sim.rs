@@ -4,12 +4,8 @@
 //! with a diagnostic naming the seed and the virtual time, and the traffic
 //! written to `/tmp/sim-<name>.pcap` (also with `SIM_PCAP=1`).
 
-mod sim {
-    pub mod apps;
-    pub mod net;
-    pub mod pcap;
-    pub mod segment;
-}
+#[path = "sim/mod.rs"]
+mod sim;
 
 use std::cell::RefCell;
 use std::net::SocketAddrV4;
@@ -17,138 +13,15 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use sim::apps::{run_to_completion, CloseWhen, Peer};
-use sim::net::{is_edge, Datagram, DeliveryQueue, Link, Rng, Side, SimNet, A_IP, B_IP};
+use sim::net::{
+    is_edge, Datagram, DeliveryQueue, GilbertElliott, Link, Rng, Side, SimNet, A_IP, B_IP,
+};
 use sim::pcap::{ipv4_header, Pcap, LINKTYPE_RAW, TTL_DELIVERED};
 use sim::segment::{ones_complement_add, tcp_checksum_ok, SegmentView, ACK, FIN, RST, SYN};
+use sim::transfer::{
+    assert_same_bytes, bulk, check_clean_bulk, conn_id, pattern, report, short_timers,
+};
 use tcp_user::tcp::{Config, Error, Instant, State};
-
-/// The bytes a test sends: seeded, so a failure is reproducible.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    Rng::new(seed ^ 0x5eed_5eed).bytes(len)
-}
-
-/// Short TIME-WAIT and FIN-WAIT-2 so runs end soon in virtual time.
-fn short_timers() -> Config {
-    Config {
-        msl: Duration::from_secs(2),
-        fin_wait2_timeout: Duration::from_secs(10),
-        ..Config::default()
-    }
-}
-
-fn conn_id(p: &Peer) -> u64 {
-    p.conn.expect("peer has a connection").0
-}
-
-/// "first difference at byte N" rather than two huge vectors.
-fn assert_same_bytes(net: &SimNet, what: &str, got: &[u8], want: &[u8]) {
-    if got == want {
-        return;
-    }
-    let at = got
-        .iter()
-        .zip(want)
-        .position(|(g, w)| g != w)
-        .unwrap_or(got.len().min(want.len()));
-    net.fail(&format!(
-        "{what}: got {} bytes, want {}; first difference at byte {at}",
-        got.len(),
-        want.len()
-    ));
-}
-
-/// Every corrupted copy that reached a stack was dropped by it, for its
-/// checksum (or as malformed when the flip hit the header length), and
-/// nothing else was.
-fn assert_corruption_caught(net: &SimNet) {
-    for side in [Side::A, Side::B] {
-        let from = side.peer();
-        let corrupted = net.stats[from as usize].corrupted_delivered;
-        let dropped = net.counter(side, "drop_bad_checksum") + net.counter(side, "drop_malformed");
-        if corrupted != dropped {
-            net.fail(&format!(
-                "{side:?} received {corrupted} corrupted segments but dropped {dropped} as bad"
-            ));
-        }
-    }
-}
-
-/// A connects to B's listener, writes `data`, closes; B reads to the end,
-/// then closes. Runs until both connections are released.
-fn bulk(
-    name: &str,
-    seed: u64,
-    data: Vec<u8>,
-    links: [Link; 2],
-    cfg: Config,
-) -> (SimNet, Peer, Peer) {
-    let mut net = SimNet::new(name, seed, cfg);
-    net.links = links;
-    let mut b = Peer::new(Side::B, vec![], CloseWhen::AfterEof).listen(&mut net, 80);
-    let mut a = Peer::new(Side::A, data, CloseWhen::AfterSending).connect(&mut net, 40000, 80);
-    run_to_completion(&mut net, &mut a, &mut b);
-    (net, a, b)
-}
-
-/// What every clean bulk transfer must show.
-fn check_clean_bulk(net: &SimNet, a: &Peer, b: &Peer) {
-    assert_same_bytes(net, "B received", &b.rx, &a.tx);
-    if a.result != Some(None) || b.result != Some(None) {
-        net.fail(&format!(
-            "not a clean close: A {:?}, B {:?}",
-            a.result, b.result
-        ));
-    }
-    if !(a.send_errors.is_empty() && b.recv_errors.is_empty()) {
-        net.fail(&format!(
-            "errors: A send {:?}, B recv {:?}",
-            a.send_errors, b.recv_errors
-        ));
-    }
-    for side in [Side::A, Side::B] {
-        if !net.stack_ref(side).connections().is_empty() {
-            net.fail(&format!("{side:?} still has connections"));
-        }
-    }
-    let (ia, ib) = (conn_id(a), conn_id(b));
-    let a_states = net.states_of(Side::A, ia);
-    let b_states = net.states_of(Side::B, ib);
-    if !a_states.contains(&State::TimeWait) || !b_states.contains(&State::LastAck) {
-        net.fail(&format!(
-            "A should close actively, B passively: A {a_states:?}, B {b_states:?}"
-        ));
-    }
-    // TIME-WAIT lasts at least 2 MSL (longer when a retransmitted FIN
-    // restarted it). The exception is a reset: RFC 9293 §3.10.7.4 has
-    // TIME-WAIT end on an RST, as Linux does by default, and with
-    // duplication B (already CLOSED) can answer A's re-ACK of a duplicate
-    // with one (the "TIME-WAIT assassination" of RFC 1337).
-    let msl = net.configs[0].msl;
-    let tw = net.entered(Side::A, ia, State::TimeWait).unwrap();
-    let gone = net.entered(Side::A, ia, State::Closed).unwrap();
-    if gone.saturating_duration_since(tw) < 2 * msl && net.counter(Side::A, "rst_received") == 0 {
-        net.fail(&format!(
-            "TIME-WAIT lasted {:?}, less than 2 MSL = {:?}",
-            gone.saturating_duration_since(tw),
-            2 * msl
-        ));
-    }
-    assert_corruption_caught(net);
-}
-
-fn report(net: &SimNet, len: usize) {
-    eprintln!(
-        "{} seed {}: {len} bytes in {:?} virtual, {} iterations; A rto_expirations={} fast_retransmits={} retransmits={}; links {:?}",
-        net.name,
-        net.seed,
-        net.elapsed(),
-        net.iterations,
-        net.counter(Side::A, "rto_expirations"),
-        net.counter(Side::A, "fast_retransmits"),
-        net.counter(Side::A, "retransmits"),
-        net.stats
-    );
-}
 
 // ---------------------------------------------------------------------
 // The simulator itself.
@@ -172,6 +45,77 @@ fn rng_is_deterministic_and_roughly_uniform() {
     assert!((0..1000).all(|_| r.chance(1.0)));
     assert!((0..1000).all(|_| r.below(7) < 7));
     assert_eq!(r.below(0), 0);
+}
+
+#[test]
+fn gilbert_elliott_long_run_loss_matches_the_stationary_formula() {
+    // Two channels: the simple Gilbert one the loss-recovery tests use,
+    // and a full Gilbert–Elliott one (loss in both states).
+    let channels = [
+        GilbertElliott::bursts(0.02, 10.0 / 3.0),
+        GilbertElliott {
+            p: 0.01,
+            r: 0.2,
+            loss_good: 0.005,
+            loss_bad: 0.6,
+            forget_after: None,
+        },
+    ];
+    for ge in channels {
+        let (p, r) = (ge.p, ge.r);
+        let want = p / (p + r) * ge.loss_bad + r / (p + r) * ge.loss_good;
+        assert!((ge.mean_loss() - want).abs() < 1e-12);
+        let mut rng = Rng::new(7);
+        let mut bad = false;
+        let n = 1_000_000;
+        let (mut lost, mut bursts, mut in_burst, mut bad_visits, mut bad_time) =
+            (0, 0, false, 0, 0);
+        for _ in 0..n {
+            let was_bad = bad;
+            let l = ge.draw(&mut bad, &mut rng);
+            lost += l as u64;
+            bursts += (l && !in_burst) as u64;
+            in_burst = l;
+            bad_visits += (!was_bad && bad) as u64;
+            bad_time += bad as u64;
+        }
+        let rate = lost as f64 / n as f64;
+        // The draws are correlated (bursts), so the standard error is
+        // larger than binomial: sqrt(rate/n · (1 + 2·mean burst)) is
+        // under 0.0005 for both channels; 10 % of the rate is far wider.
+        assert!(
+            (rate - want).abs() < 0.1 * want,
+            "{ge:?}: lost {rate:.5}, stationary formula {want:.5}"
+        );
+        // Visits to the bad state last 1/r datagrams on average.
+        let mean_visit = bad_time as f64 / bad_visits as f64;
+        assert!(
+            (mean_visit * r - 1.0).abs() < 0.05,
+            "{ge:?}: bad state lasts {mean_visit:.2}, want {:.2}",
+            1.0 / r
+        );
+        if ge.loss_good == 0.0 && ge.loss_bad == 1.0 {
+            // Simple Gilbert: runs of losses are visits to the bad state.
+            let mean_burst = lost as f64 / bursts as f64;
+            assert!(
+                (mean_burst * r - 1.0).abs() < 0.05,
+                "mean burst {mean_burst:.2}"
+            );
+            let br = bursts as f64 / n as f64;
+            assert!((br - ge.burst_rate()).abs() < 0.1 * ge.burst_rate());
+        }
+    }
+    // Same seed, same losses; a link without `bursty` draws as before.
+    let ge = GilbertElliott::bursts(0.1, 4.0);
+    let run = |seed| {
+        let (mut rng, mut bad) = (Rng::new(seed), false);
+        (0..1000)
+            .map(|_| ge.draw(&mut bad, &mut rng))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(5), run(5));
+    assert_ne!(run(5), run(6));
+    assert_eq!(Link::default().bursty, None);
 }
 
 #[test]
@@ -328,6 +272,55 @@ fn link_models_latency_bandwidth_queue_and_mtu() {
     assert!(net.pcap.len() == 5, "drops are recorded too");
     assert!(is_edge(State::TimeWait, State::Closed));
     assert!(!is_edge(State::Listen, State::Established));
+}
+
+#[test]
+fn bursts_do_not_outlive_silence_with_forget_after() {
+    // Long bursts (100 datagrams), half the time bad. Datagrams 20 ms
+    // apart: without forgetting, a loss is followed by another almost
+    // always; with forget_after = 10 ms every datagram meets a fresh draw
+    // from the stationary distribution, so about half the time; and the
+    // long-run rate stays p/(p+r) either way.
+    let ge = GilbertElliott {
+        p: 0.01,
+        r: 0.01,
+        loss_good: 0.0,
+        loss_bad: 1.0,
+        forget_after: None,
+    };
+    let run = |forget_after| {
+        let mut net = SimNet::new("forget", 3, Config::default());
+        net.links[0] = Link {
+            bandwidth: None,
+            bursty: Some(GilbertElliott { forget_after, ..ge }),
+            ..Link::default()
+        };
+        let (mut lost_prev, mut pairs, mut after_loss) = (false, 0u32, 0u32);
+        for _ in 0..4000 {
+            let before = net.stats[0].lost;
+            net.send_on_link(Side::A, A_IP, B_IP, ack_segment(0));
+            let lost = net.stats[0].lost > before;
+            if lost_prev {
+                after_loss += 1;
+                pairs += lost as u32;
+            }
+            lost_prev = lost;
+            net.now = net.now + Duration::from_millis(20);
+        }
+        (
+            pairs as f64 / after_loss as f64,
+            net.stats[0].lost as f64 / 4000.0,
+        )
+    };
+    let (sticky, rate_sticky) = run(None);
+    let (fresh, rate_fresh) = run(Some(Duration::from_millis(10)));
+    assert!(sticky > 0.95, "P(loss | loss) without forgetting: {sticky}");
+    assert!(
+        (0.4..0.6).contains(&fresh),
+        "P(loss | loss) forgetting: {fresh}"
+    );
+    assert!((0.3..0.7).contains(&rate_sticky), "{rate_sticky}");
+    assert!((0.45..0.55).contains(&rate_fresh), "{rate_fresh}");
 }
 
 #[test]

@@ -77,6 +77,80 @@ impl Rng {
     }
 }
 
+/// Bursty loss: the Gilbert–Elliott channel. A two-state Markov chain
+/// advanced once per datagram: in the good state a datagram is lost with
+/// `loss_good`, in the bad state with `loss_bad`; after each datagram the
+/// chain moves good → bad with probability `p` and bad → good with `r`.
+/// The stationary share of the bad state is p / (p + r), so the long-run
+/// loss rate is p/(p+r)·loss_bad + r/(p+r)·loss_good, and a visit to the
+/// bad state lasts 1/r datagrams on average.
+///
+/// A chain that only steps per datagram (as netem's) stays bad across any
+/// silence: a sender backing off after an RTO would meet the same burst
+/// again and again, minutes later, which no real burst (a fade, a
+/// cross-traffic spike) does. With `forget_after`, a datagram that comes
+/// after the link was idle that long finds the chain in a state drawn
+/// afresh from the stationary distribution: the long-run rate is kept, the
+/// memory is not.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GilbertElliott {
+    pub p: f64,
+    pub r: f64,
+    pub loss_good: f64,
+    pub loss_bad: f64,
+    pub forget_after: Option<Duration>,
+}
+
+impl GilbertElliott {
+    /// The simple Gilbert channel (nothing lost when good, everything when
+    /// bad) with the given long-run loss rate and mean burst length in
+    /// datagrams: r = 1/burst, and p from rate = p/(p+r).
+    pub fn bursts(rate: f64, mean_burst: f64) -> GilbertElliott {
+        let r = 1.0 / mean_burst;
+        GilbertElliott {
+            p: rate * r / (1.0 - rate),
+            r,
+            loss_good: 0.0,
+            loss_bad: 1.0,
+            forget_after: None,
+        }
+    }
+
+    /// The stationary share of the bad state, p / (p + r).
+    pub fn bad_share(&self) -> f64 {
+        if self.p + self.r > 0.0 {
+            self.p / (self.p + self.r)
+        } else {
+            0.0
+        }
+    }
+
+    /// The long-run (stationary) loss rate.
+    pub fn mean_loss(&self) -> f64 {
+        let bad = self.bad_share();
+        bad * self.loss_bad + (1.0 - bad) * self.loss_good
+    }
+
+    /// The long-run rate of loss episodes (entries into the bad state) per
+    /// datagram, for the simple Gilbert channel: what a sender that reacts
+    /// once per burst sees as its congestion-event rate.
+    pub fn burst_rate(&self) -> f64 {
+        self.p * self.r / (self.p + self.r)
+    }
+
+    /// Whether the next datagram is lost, given whether the channel is in
+    /// the bad state (updated for the datagram after it).
+    pub fn draw(&self, bad: &mut bool, rng: &mut Rng) -> bool {
+        let lost = rng.chance(if *bad { self.loss_bad } else { self.loss_good });
+        *bad = if *bad {
+            !rng.chance(self.r)
+        } else {
+            rng.chance(self.p)
+        };
+        lost
+    }
+}
+
 /// One side of the simulated network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
@@ -118,8 +192,10 @@ pub struct Link {
     /// With a bandwidth: bytes that may wait for the wire before newly
     /// arriving datagrams are tail-dropped.
     pub queue_limit: usize,
-    /// Chance a datagram is lost.
+    /// Chance a datagram is lost (independently of the others).
     pub loss: f64,
+    /// Bursty loss on top of `loss` (None: none).
+    pub bursty: Option<GilbertElliott>,
     /// Chance a datagram is delivered twice.
     pub duplicate: f64,
     /// Chance a copy is held back by an extra delay of up to `reorder_by`.
@@ -142,6 +218,7 @@ impl Default for Link {
             bandwidth: Some(100_000_000),
             queue_limit: usize::MAX,
             loss: 0.0,
+            bursty: None,
             duplicate: 0.0,
             reorder: 0.0,
             reorder_by: Duration::ZERO,
@@ -267,6 +344,10 @@ pub struct SimNet {
     pub links: [Link; 2],
     pub stats: [LinkStats; 2],
     rng: Rng,
+    /// Each link's Gilbert–Elliott channel: in its bad state, and when it
+    /// last drew.
+    burst_bad: [bool; 2],
+    burst_last: [Instant; 2],
     queue: DeliveryQueue,
     /// When each link's wire is free again (bandwidth model).
     busy_until: [Instant; 2],
@@ -310,6 +391,8 @@ impl SimNet {
             links: [Link::default(); 2],
             stats: [LinkStats::default(); 2],
             rng: Rng::new(seed),
+            burst_bad: [false; 2],
+            burst_last: [start; 2],
             queue: DeliveryQueue::default(),
             busy_until: [start; 2],
             pcap: Pcap::default(),
@@ -494,7 +577,12 @@ impl SimNet {
                 self.busy_until[li] = departs;
             }
         }
-        let lost = !dropped && !queue_drop && self.rng.chance(link.loss);
+        // Only the datagrams that reach the lossy part of the path draw
+        // (and advance the burst channel), so a run without `bursty`
+        // draws exactly what it did before that model existed.
+        let lost = !dropped
+            && !queue_drop
+            && (self.rng.chance(link.loss) | self.burst_lost(li, link.bursty));
         if lost {
             self.stats[li].lost += 1;
         }
@@ -539,6 +627,17 @@ impl SimNet {
                 corrupted,
             });
         }
+    }
+
+    /// Whether link `li`'s burst channel (if any) loses the next datagram.
+    fn burst_lost(&mut self, li: usize, bursty: Option<GilbertElliott>) -> bool {
+        let Some(ge) = bursty else { return false };
+        let idle = self.now.saturating_duration_since(self.burst_last[li]);
+        if ge.forget_after.is_some_and(|d| idle > d) {
+            self.burst_bad[li] = self.rng.chance(ge.bad_share());
+        }
+        self.burst_last[li] = self.now;
+        ge.draw(&mut self.burst_bad[li], &mut self.rng)
     }
 
     /// Takes events and state changes of both stacks into the logs.
