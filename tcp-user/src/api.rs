@@ -316,7 +316,10 @@ impl Endpoint {
         if cfg.ephemeral_ports.is_empty() || *cfg.ephemeral_ports.start() == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("ephemeral port range {:?} is empty or starts at 0", cfg.ephemeral_ports),
+                format!(
+                    "ephemeral port range {:?} is empty or starts at 0",
+                    cfg.ephemeral_ports
+                ),
             ));
         }
         let run = RunConfig {
@@ -395,7 +398,9 @@ impl Endpoint {
         let known = shared.lock().peer_macs.get(remote.ip()).copied();
         let mac = match known {
             Some(mac) => mac,
-            None => resolve_mac(&shared.iface.name, *remote.ip(), self.inner.resolve_timeout).await?,
+            None => {
+                resolve_mac(&shared.iface.name, *remote.ip(), self.inner.resolve_timeout).await?
+            }
         };
         let stream = {
             let mut guard = shared.lock();
@@ -499,7 +504,8 @@ impl TcpListener {
             .listen(SocketAddrV4::new(shared.iface.addr, port))
             .map_err(io_error)?;
         if let Err(e) = core.xdp.add_listen_port(port) {
-            core.stack.unlisten(SocketAddrV4::new(shared.iface.addr, port));
+            core.stack
+                .unlisten(SocketAddrV4::new(shared.iface.addr, port));
             return Err(io::Error::other(format!("{e:#}")));
         }
         core.apps.listeners.insert(port, ListenerSlot::default());
@@ -532,7 +538,10 @@ impl TcpListener {
         match l.backlog.pop_front() {
             Some(id) => {
                 let tuple = apps.conns.get(&id).map(|s| s.tuple).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::ConnectionAborted, "accepted connection vanished")
+                    io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "accepted connection vanished",
+                    )
                 })?;
                 Poll::Ready(Ok((
                     TcpStream::new(self.endpoint.clone(), id, tuple),
@@ -590,7 +599,10 @@ impl StreamInner {
     fn poll_established(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut core = self.shared().lock();
         let Some(slot) = core.apps.conns.get_mut(&self.id) else {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::NotConnected, "not connected")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "not connected",
+            )));
         };
         if slot.established {
             return Poll::Ready(Ok(()));
@@ -652,10 +664,12 @@ impl StreamInner {
                 self.shared().wake.notify_one();
                 Poll::Ready(Ok(n))
             }
-            Err(tcp::Error::NotFound) => Poll::Ready(Err(Self::closed_error(
-                core.apps.conns.get(&self.id),
-            )
-            .unwrap_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed")))),
+            Err(tcp::Error::NotFound) => {
+                Poll::Ready(Err(Self::closed_error(core.apps.conns.get(&self.id))
+                    .unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::BrokenPipe, "connection closed")
+                    })))
+            }
             Err(e) => Poll::Ready(Err(io_error(e))),
         }
     }

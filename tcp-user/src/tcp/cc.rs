@@ -86,7 +86,10 @@ pub trait CongestionControl: std::fmt::Debug + Send {
     /// Recovery ends: everything outstanding at its start is acknowledged.
     fn on_recovery_end(&mut self, flight: usize);
     /// The retransmission timer expired with `flight` bytes outstanding.
-    fn on_rto(&mut self, now: Instant, flight: usize);
+    /// `repeated`: it expired again before the data sent at the last
+    /// expiry was acknowledged; RFC 5681 §3.1: "the value of ssthresh is
+    /// held constant" then, only the window goes back to one segment.
+    fn on_rto(&mut self, now: Instant, flight: usize, repeated: bool);
     /// A loss found by SACK-based detection (RFC 6675 §5 step 4.2, RFC 8985)
     /// with `flight` bytes outstanding: reduce once, without the window
     /// inflation of NewReno's fast recovery (the pipe estimate does that
@@ -168,8 +171,10 @@ impl CongestionControl for NewReno {
         self.cwnd = self.ssthresh.min(flight.max(self.mss) + self.mss);
     }
 
-    fn on_rto(&mut self, _now: Instant, flight: usize) {
-        self.halve(flight);
+    fn on_rto(&mut self, _now: Instant, flight: usize, repeated: bool) {
+        if !repeated {
+            self.halve(flight);
+        }
         // RFC 5681 §3.1: the loss window is one segment.
         self.cwnd = self.mss;
         self.acked_in_ca = 0;
@@ -234,7 +239,8 @@ impl Cubic {
             w
         };
         self.ssthresh = ((self.cwnd as f64 * CUBIC_BETA) as usize).max(2 * self.mss);
-        self.k = (self.w_max * (1.0 - CUBIC_BETA) / CUBIC_C).cbrt();
+        // K itself is computed when the next epoch starts, from the window
+        // congestion avoidance then starts at (§4.2).
         self.epoch = None;
     }
 
@@ -260,12 +266,14 @@ impl CongestionControl for Cubic {
         }
         let cwnd = self.segments();
         let epoch = *self.epoch.get_or_insert_with(|| {
-            // §4.2: a new epoch; without an earlier loss, the curve starts
-            // at the current window.
+            // §4.2: a new epoch starts from cwnd_epoch, the window now (after
+            // recovery, or after slow start regrew past ssthresh):
+            // K = cbrt((W_max - cwnd_epoch) / C); without an earlier loss
+            // (or above it) the curve starts at the current window.
             if self.w_max < cwnd {
                 self.w_max = cwnd;
-                self.k = 0.0;
             }
+            self.k = ((self.w_max - cwnd) / CUBIC_C).cbrt();
             self.w_est = cwnd;
             now
         });
@@ -273,8 +281,14 @@ impl CongestionControl for Cubic {
         let t = now.saturating_duration_since(epoch).as_secs_f64();
         // §4.2: the target is the curve one RTT ahead, bounded to 1.5 cwnd.
         let target = self.w_cubic(t + rtt).clamp(cwnd, 1.5 * cwnd);
-        // §4.3: the Reno-friendly estimate grows by alpha per window acked.
-        let alpha = 3.0 * (1.0 - CUBIC_BETA) / (1.0 + CUBIC_BETA);
+        // §4.3: the Reno-friendly estimate grows by alpha_cubic per window
+        // acked, and like Reno (alpha 1) once it has passed the window of
+        // the last reduction.
+        let alpha = if self.w_est >= self.w_max {
+            1.0
+        } else {
+            3.0 * (1.0 - CUBIC_BETA) / (1.0 + CUBIC_BETA)
+        };
         let acked_segments = acked as f64 / self.mss as f64;
         self.w_est += alpha * acked_segments / cwnd;
         let goal = target.max(self.w_est);
@@ -304,8 +318,10 @@ impl CongestionControl for Cubic {
         self.epoch = None;
     }
 
-    fn on_rto(&mut self, _now: Instant, _flight: usize) {
-        self.reduce();
+    fn on_rto(&mut self, _now: Instant, _flight: usize, repeated: bool) {
+        if !repeated {
+            self.reduce();
+        }
         self.cwnd = self.mss;
     }
 
@@ -356,9 +372,15 @@ mod tests {
         c.on_ack(t0, 1_000, None);
         assert_eq!(c.cwnd(), 7_000);
         // Timeout: one segment, ssthresh from the flight.
-        c.on_rto(t0, 7_000);
+        c.on_rto(t0, 7_000, false);
         assert_eq!((c.ssthresh(), c.cwnd()), (3_500, 1_000));
-        c.on_rto(t0, 1_000);
+        c.on_rto(t0, 3_000, true);
+        assert_eq!(
+            (c.ssthresh(), c.cwnd()),
+            (3_500, 1_000),
+            "held on a repeated timeout"
+        );
+        c.on_rto(t0, 1_000, false);
         assert_eq!(c.ssthresh(), 2_000, "never below 2*SMSS");
     }
 
@@ -375,7 +397,9 @@ mod tests {
         assert_eq!(c.ssthresh(), 70 * mss, "beta 0.7");
         c.on_recovery_end(0);
         assert_eq!(c.cwnd(), 70 * mss);
-        // K = cbrt(100 * 0.3 / 0.4) = cbrt(75) = 4.217 s.
+        // The epoch starts with the first ACK: K = cbrt((W_max -
+        // cwnd_epoch) / C) = cbrt((100 - 70) / 0.4) = cbrt(75) = 4.217 s.
+        c.on_ack(now, mss, Some(rtt));
         assert!((c.k - 4.217).abs() < 0.01, "K = {}", c.k);
         // ACK one window per RTT for 4.2 s: the window is back near W_max
         // (the concave part flattens out there), then grows past it.
@@ -399,7 +423,7 @@ mod tests {
         // A second loss below the previous maximum: fast convergence.
         c.cwnd = 90 * mss;
         c.w_max = 100.0;
-        c.on_rto(now, 90 * mss);
+        c.on_rto(now, 90 * mss, false);
         assert!((c.w_max - 90.0 * 1.7 / 2.0).abs() < 1e-9);
         assert_eq!(c.cwnd(), mss);
     }
@@ -421,11 +445,29 @@ mod tests {
         c.on_congestion_event(t0, 40_000);
         assert_eq!((c.ssthresh(), c.cwnd()), (28_000, 28_000));
         assert!((c.w_max - 40.0).abs() < 1e-9);
-        assert!((c.k - 30f64.cbrt()).abs() < 1e-9);
-        // Growth after recovery follows W_cubic: at t = K the window is
-        // back at W_max (checked one RTT ahead: target = W_cubic(t + RTT)).
         c.on_recovery_end(0);
         assert_eq!(c.cwnd(), 28_000);
+        // The next epoch: K = cbrt((40 - 28) / 0.4) = cbrt(30).
+        c.on_ack(t0, 1000, Some(Duration::from_millis(10)));
+        assert!((c.k - 30f64.cbrt()).abs() < 1e-9, "K = {}", c.k);
+        // The Reno-friendly estimate grows by alpha_cubic = 0.3*3/1.7 per
+        // window below W_max, then by 1 per window like Reno (§4.3).
+        let before = c.w_est;
+        for _ in 0..28 {
+            c.on_ack(t0, 1000, Some(Duration::from_millis(10)));
+        }
+        let per_window = c.w_est - before;
+        assert!((per_window - 0.9 / 1.7).abs() < 0.05, "{per_window}");
+        c.w_est = 40.0;
+        let before = c.w_est;
+        let segs = c.cwnd() / 1000;
+        for _ in 0..segs {
+            c.on_ack(t0, 1000, Some(Duration::from_millis(10)));
+        }
+        // One segment per window acked (a little less, the window grows
+        // as it goes): well above alpha_cubic's 0.53.
+        let grown = c.w_est - before;
+        assert!((0.8..=1.0).contains(&grown), "{grown}");
     }
 
     #[test]

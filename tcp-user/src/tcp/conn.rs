@@ -74,8 +74,13 @@ pub(crate) struct Timestamps {
 /// What the retransmission timer was when it fired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TimerKind {
-    /// Data in flight was not acknowledged in time (RFC 6298).
+    /// Data in flight was not acknowledged in time (RFC 6298), with no
+    /// recovery under way.
     Retransmission,
+    /// The same, during fast recovery (a loss recovery could not repair).
+    RetransmissionInRecovery,
+    /// The same, again after an earlier timeout (backed off).
+    RetransmissionRepeated,
     /// Nothing in flight, data waiting behind a zero or too-small window:
     /// the persist timer (RFC 9293 §3.8.6.1).
     Persist,
@@ -567,6 +572,15 @@ impl Send {
             return Err(Error::TimedOut);
         }
         self.rto = (self.rto * 2).min(cfg.max_rto);
+        let kind = if zero_window_probe {
+            TimerKind::Persist
+        } else if self.rto_recovery || self.retries > 1 {
+            TimerKind::RetransmissionRepeated
+        } else if self.recover.is_some() {
+            TimerKind::RetransmissionInRecovery
+        } else {
+            TimerKind::Retransmission
+        };
         self.probe_at = None;
         self.reorder_at = None;
         self.tlp_pending = false;
@@ -580,7 +594,8 @@ impl Send {
             // peer seems to have reneged). Recovery lasts until all that was
             // outstanding is acknowledged, with no further reduction.
             let flight = self.flight();
-            self.cc.on_rto(now, flight);
+            self.cc
+                .on_rto(now, flight, kind == TimerKind::RetransmissionRepeated);
             self.sb.on_timeout(self.retries > 1);
             self.recover = Some(self.snd_max);
             self.rto_recovery = true;
@@ -591,7 +606,8 @@ impl Send {
         } else {
             if self.syn_acked() {
                 let flight = self.flight();
-                self.cc.on_rto(now, flight);
+                self.cc
+                    .on_rto(now, flight, kind == TimerKind::RetransmissionRepeated);
             }
             self.dupacks = 0;
             self.recover = None;
@@ -609,11 +625,7 @@ impl Send {
             self.probe_pending = self.syn_acked();
         }
         self.retx_at = Some(now + self.rto);
-        Ok(if zero_window_probe {
-            TimerKind::Persist
-        } else {
-            TimerKind::Retransmission
-        })
+        Ok(kind)
     }
 }
 

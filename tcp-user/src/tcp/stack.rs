@@ -36,6 +36,8 @@ counters! {
     fast_retransmits,
     tail_loss_probes,
     rto_expirations,
+    rto_in_recovery,
+    rto_repeated,
     persist_probes,
     rst_sent,
     rst_received,
@@ -886,6 +888,14 @@ impl Stack {
                     snd.retx_at = None;
                     match snd.on_retransmit_timeout(now, &self.cfg) {
                         Ok(TimerKind::Retransmission) => self.counters.rto_expirations += 1,
+                        Ok(TimerKind::RetransmissionInRecovery) => {
+                            self.counters.rto_expirations += 1;
+                            self.counters.rto_in_recovery += 1;
+                        }
+                        Ok(TimerKind::RetransmissionRepeated) => {
+                            self.counters.rto_expirations += 1;
+                            self.counters.rto_repeated += 1;
+                        }
                         Ok(TimerKind::Persist) => self.counters.persist_probes += 1,
                         Err(e) => {
                             self.counters.rto_expirations += 1;
