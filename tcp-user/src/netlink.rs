@@ -308,7 +308,7 @@ fn push_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
     buf.extend_from_slice(&len.to_ne_bytes());
     buf.extend_from_slice(&ty.to_ne_bytes());
     buf.extend_from_slice(payload);
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }
@@ -808,8 +808,16 @@ impl Rtnl {
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    // SO_RCVTIMEO ran out.
+                    io::ErrorKind::WouldBlock => {
+                        return Err(NetlinkError::Io {
+                            op: "waiting for the kernel's netlink answer",
+                            source: io::ErrorKind::TimedOut.into(),
+                        })
+                    }
+                    _ => {}
                 }
                 return Err(NetlinkError::Io {
                     op: "receiving the kernel's netlink answer",
@@ -1025,7 +1033,7 @@ mod tests {
         let mut b = Vec::new();
         push_nlmsghdr(&mut b, ty, flags, seq);
         b.extend_from_slice(payload);
-        while b.len() % 4 != 0 {
+        while !b.len().is_multiple_of(4) {
             b.push(0);
         }
         let len = (NLMSG_HDRLEN + payload.len()) as u32;
@@ -1478,6 +1486,14 @@ mod tests {
             }
             decode_all(&b);
         }
+    }
+
+    #[test]
+    fn netlink_futures_are_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        assert_send(&resolve(1, HOP, Duration::from_secs(1)));
+        assert_send(&next_hop_mac("eth0", DST, Duration::from_secs(1)));
+        assert_send(&next_hop_mac(1u32, DST, Duration::from_secs(1)));
     }
 
     #[test]

@@ -374,3 +374,20 @@ fn netlink_silent_gateway() {
         None
     );
 }
+
+/// The namespaces go away when a test panics with them.
+#[test]
+fn netlink_namespaces_removed_on_panic() {
+    let name = std::sync::Mutex::new(String::new());
+    let r = std::panic::catch_unwind(|| {
+        let ns = Netns::new("panic");
+        *name.lock().unwrap() = ns.name.clone();
+        assert!(std::path::Path::new(&format!("/var/run/netns/{}", ns.name)).exists());
+        ns.run(|| panic!("deliberate panic inside the namespace"));
+    });
+    assert!(r.is_err());
+    let name = name.into_inner().unwrap();
+    assert!(name.starts_with("tcpu-nl-"), "{name}");
+    let listed = sh(&["ip", "netns", "list"]);
+    assert!(!listed.contains(&name), "{name} left behind: {listed}");
+}
