@@ -17,6 +17,7 @@ pub mod control;
 pub mod diagram;
 pub mod driver;
 pub mod frame;
+pub mod netlink;
 pub mod notify;
 pub mod pcap;
 pub mod services;
