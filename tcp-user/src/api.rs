@@ -455,13 +455,24 @@ impl Endpoint {
     }
 }
 
-/// The next hop's MAC address towards `dst` out of `iface`.
+/// The next hop's MAC address towards `dst` out of `iface`, from the
+/// kernel's routing and neighbour tables (resolving it when missing).
 async fn resolve_mac(iface: &str, dst: Ipv4Addr, timeout: Duration) -> io::Result<[u8; 6]> {
-    let _ = timeout;
-    Err(io::Error::new(
-        io::ErrorKind::HostUnreachable,
-        format!("no MAC address known for {dst} on {iface}"),
-    ))
+    use crate::netlink::NetlinkError as E;
+    match crate::netlink::next_hop_mac(iface, dst, timeout).await {
+        Ok((_src, mac)) => Ok(mac),
+        Err(e) => {
+            let kind = match &e {
+                E::NoRoute(_) | E::WrongInterface { .. } => io::ErrorKind::NetworkUnreachable,
+                E::NeighbourUnreachable { .. } => io::ErrorKind::HostUnreachable,
+                E::NotUnicast { .. } | E::UnsupportedNextHop { .. } => {
+                    io::ErrorKind::AddrNotAvailable
+                }
+                _ => io::ErrorKind::Other,
+            };
+            Err(io::Error::new(kind, e))
+        }
+    }
 }
 
 /// Accepts connections on one port of an [`Endpoint`], like

@@ -289,7 +289,8 @@ fn build(release: bool) -> Result<PathBuf> {
         if release { "release" } else { "debug" }
     ));
     let mut c = cmd("cargo");
-    c.args(["build", "-p", "tcp-user"]);
+    // The examples too: the end-to-end tests run the library API's example.
+    c.args(["build", "-p", "tcp-user", "--bins", "--examples"]);
     if release {
         c.arg("--release");
     }
@@ -512,7 +513,8 @@ fn test(release: bool) -> Result<()> {
         cmd("cargo")
             .args(["test", "-p", "e2e-tests", "--", "--test-threads=1"])
             .env("TCP_EBPF_OBJ", ebpf_object())
-            .env("TCP_USER_BIN", &bin),
+            .env("TCP_USER_BIN", &bin)
+            .env("TCP_USER_EXAMPLES", bin.with_file_name("examples")),
         &mut totals,
     )?;
     println!(
