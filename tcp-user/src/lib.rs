@@ -12,6 +12,7 @@
 
 pub mod afxdp;
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod diagram;

@@ -30,6 +30,54 @@ enum Command {
     Stat(StatArgs),
     /// Print the TCP state diagram (Graphviz DOT) from the engine's transition table.
     StateDiagram,
+    /// Load generator over the endpoint's own stack, against echo (7),
+    /// discard (9) and chargen (19) servers: kernel ones or `tcp-user run`.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Interface to attach to (the client side's).
+    #[arg(long)]
+    iface: String,
+    /// This side's IPv4 address [default: the interface's first IPv4 address].
+    #[arg(long)]
+    addr: Option<Ipv4Addr>,
+    /// The server's address.
+    #[arg(long)]
+    server: Ipv4Addr,
+    /// The server's port [default: 9 (discard) for bulk, 19 (chargen) for
+    /// bulk --reverse, 7 (echo) for rr and crr].
+    #[arg(long)]
+    port: Option<u16>,
+    /// bulk (throughput), rr (request/response), crr (connect, request,
+    /// response, close).
+    #[arg(long, value_enum, default_value = "bulk")]
+    mode: tcp_user::bench::Mode,
+    /// Streams (bulk), connections (rr) or workers (crr).
+    #[arg(long, short = 'P', default_value_t = 1)]
+    parallel: usize,
+    /// Bulk: the server sends (chargen) instead of this side (discard).
+    #[arg(long, short = 'R')]
+    reverse: bool,
+    /// Request and response size in bytes (rr, crr).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Seconds to run.
+    #[arg(long, short = 't', default_value_t = 10.0)]
+    time: f64,
+    /// This side's maximum segment lifetime in ms: TIME-WAIT lasts twice
+    /// this. A load generator's TIME-WAIT only guards its own connections
+    /// against their old duplicates, and crr opens thousands a second from
+    /// ~4,500 source ports, so the default is short [default: 100].
+    #[arg(long, default_value_t = 100)]
+    msl_ms: u64,
+    /// Lower bound of the retransmission timeout, in ms [default: 200].
+    #[arg(long)]
+    min_rto_ms: Option<u64>,
+    /// Print the final report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -128,6 +176,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Stat(args) => stat(args),
+        Command::Bench(args) => bench(args),
         Command::StateDiagram => {
             print!("{}", tcp_user::diagram::state_diagram_dot());
             Ok(())
@@ -240,6 +289,55 @@ fn stat(args: StatArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&snap)?);
     } else {
         print!("{}", control::render_table(&snap));
+    }
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if !(args.time > 0.0 && args.time <= 86_400.0) {
+        anyhow::bail!("--time must be between 0 and 86400 seconds");
+    }
+    if args.msl_ms == 0 {
+        anyhow::bail!("--msl-ms must be at least 1");
+    }
+    let mut endpoint = tcp_user::api::EndpointConfig::new(args.iface.clone());
+    endpoint.addr = args.addr;
+    endpoint.tcp.msl = Duration::from_millis(args.msl_ms);
+    if let Some(ms) = args.min_rto_ms {
+        endpoint.tcp.min_rto = Duration::from_millis(ms.max(1));
+    }
+    let cfg = tcp_user::bench::BenchConfig {
+        endpoint,
+        server: args.server,
+        port: args.port,
+        mode: args.mode,
+        parallel: args.parallel,
+        reverse: args.reverse,
+        size: args.size,
+        duration: Duration::from_secs_f64(args.time),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let report = rt.block_on(tcp_user::bench::run(cfg, |t, bytes, n, errors| {
+        eprintln!(
+            "[{:>5.1} s] {:>12} bytes {:>10.1} Mbit/s {:>10} transactions {} errors",
+            t.as_secs_f64(),
+            bytes,
+            bytes as f64 * 8.0 / t.as_secs_f64().max(1e-9) / 1e6,
+            n,
+            errors
+        );
+    }))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    if report.errors > 0 {
+        anyhow::bail!("{} connection(s) failed", report.errors);
     }
     Ok(())
 }
