@@ -48,6 +48,9 @@ const PORT_CHARGEN: u16 = 19;
 
 /// How long a server gets to print READY.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest transfer (1 TiB): far beyond any sensible run, and far
+/// from overflowing a byte count.
+const MAX_SIZE_MIB: u64 = 1 << 20;
 /// A client socket that moves nothing for this long fails the run.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -152,7 +155,8 @@ impl Server {
 struct RunResult {
     secs: f64,
     mbps: f64,
-    /// The endpoint's core counters after the run (empty for the kernel).
+    /// The endpoint's core counters after the run; for the kernel, its
+    /// server namespace's TCP counters over the run (see `kernel_counters`).
     counters: BTreeMap<String, u64>,
     /// 1-minute load average when the run started: other work on the
     /// machine shows here.
@@ -173,8 +177,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    if args.size_mib == 0 || args.lossy_size_mib == 0 {
-        bail!("--size-mib and --lossy-size-mib must be at least 1");
+    for (flag, mib) in [
+        ("--size-mib", args.size_mib),
+        ("--lossy-size-mib", args.lossy_size_mib),
+    ] {
+        if !(1..=MAX_SIZE_MIB).contains(&mib) {
+            bail!("{flag} must be between 1 and {MAX_SIZE_MIB}");
+        }
     }
     let selected: Vec<Workload> = match &args.only {
         Some(f) => all.into_iter().filter(|w| w.name.contains(f)).collect(),
@@ -300,10 +309,14 @@ fn run_one(
     // XDP attachment switches the veth to NAPI mode, so its kthread may
     // only now exist: pin after every start.
     pin_napi()?;
+    let before = match server {
+        Server::Endpoint => BTreeMap::new(),
+        Server::Kernel => kernel_mib()?,
+    };
     let secs = run_client(w, xtask)?;
     let counters = match server {
         Server::Endpoint => endpoint_counters(tcp_user, &control)?,
-        Server::Kernel => BTreeMap::new(),
+        Server::Kernel => kernel_counters(&before, &kernel_mib()?),
     };
     proc.stop();
     Ok(RunResult {
@@ -368,6 +381,81 @@ fn endpoint_counters(tcp_user: &Path, control: &Path) -> Result<BTreeMap<String,
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
         .collect())
+}
+
+/// The server namespace's TCP MIB (`/proc/net/snmp` and `netstat`, which
+/// are per network namespace), as "Tcp.RetransSegs", "TcpExt.TCPTimeouts", ...
+fn kernel_mib() -> Result<BTreeMap<String, u64>> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            NS_SRV,
+            "cat",
+            "/proc/net/snmp",
+            "/proc/net/netstat",
+        ])
+        .output()
+        .context("reading the server namespace's TCP counters")?;
+    if !out.status.success() {
+        bail!("reading /proc/net/snmp in {NS_SRV} failed");
+    }
+    Ok(parse_mib(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Parses the "Prefix: names" / "Prefix: values" line pairs of /proc/net/snmp.
+fn parse_mib(text: &str) -> BTreeMap<String, u64> {
+    let mut map = BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (Some((p1, names)), Some((p2, values))) =
+            (names.split_once(':'), values.split_once(':'))
+        else {
+            continue;
+        };
+        if p1 != p2 {
+            continue;
+        }
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(v) = v.parse::<u64>() {
+                map.insert(format!("{p1}.{n}"), v);
+            }
+        }
+    }
+    map
+}
+
+/// The kernel server's counters over one run, named like the endpoint's
+/// where they mean about the same (all segments retransmitted; RTO
+/// expirations; fast retransmits), plus a few raw ones.
+fn kernel_counters(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    let delta = |k: &str| {
+        after
+            .get(k)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.get(k).copied().unwrap_or(0))
+    };
+    let mut c = BTreeMap::new();
+    c.insert("retransmits".to_owned(), delta("Tcp.RetransSegs"));
+    c.insert("rto_expirations".to_owned(), delta("TcpExt.TCPTimeouts"));
+    c.insert(
+        "fast_retransmits".to_owned(),
+        delta("TcpExt.TCPFastRetrans"),
+    );
+    for k in [
+        "TcpExt.TCPLossProbes",
+        "TcpExt.TCPSackRecovery",
+        "TcpExt.TCPRenoRecovery",
+        "TcpExt.TCPSACKReorder",
+    ] {
+        c.insert(k.to_owned(), delta(k));
+    }
+    c
 }
 
 fn load_average() -> f64 {
@@ -1046,6 +1134,24 @@ mod tests {
         assert_eq!(pos, 20);
         let mut pos = 0;
         assert!(!matches(&p, DATA_PERIOD, &mut pos, &p[1..100]));
+    }
+
+    #[test]
+    fn mib_pairs_parse_and_diff() {
+        let before = parse_mib(
+            "Tcp: RtoMin RetransSegs\nTcp: 200 5\nTcpExt: TCPTimeouts TCPFastRetrans\nTcpExt: 1 2\n",
+        );
+        assert_eq!(before["Tcp.RetransSegs"], 5);
+        assert_eq!(before["TcpExt.TCPFastRetrans"], 2);
+        let after = parse_mib(
+            "Tcp: RtoMin RetransSegs\nTcp: 200 9\nTcpExt: TCPTimeouts TCPFastRetrans\nTcpExt: 4 2\n",
+        );
+        let c = kernel_counters(&before, &after);
+        assert_eq!(c["retransmits"], 4);
+        assert_eq!(c["rto_expirations"], 3);
+        assert_eq!(c["fast_retransmits"], 0);
+        // Garbage is skipped, not a panic.
+        assert!(parse_mib("nonsense\nTcp: x\nIp: 1 2\n").is_empty());
     }
 
     #[test]
