@@ -1,6 +1,7 @@
 //! The built-in services, run directly on the core's events (no task or
 //! buffer copy per connection beyond what the protocol needs):
-//! echo (RFC 862), discard (RFC 863) and daytime (RFC 867).
+//! echo (RFC 862), discard (RFC 863), daytime (RFC 867) and chargen
+//! (RFC 864).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,6 +19,9 @@ pub enum Service {
     Discard,
     /// RFC 867: send the date and time as one line, then close.
     Daytime,
+    /// RFC 864: send a repeating pattern of text lines until the peer
+    /// closes; throw away whatever arrives.
+    Chargen,
 }
 
 impl Service {
@@ -27,6 +31,7 @@ impl Service {
             Service::Echo => 7,
             Service::Discard => 9,
             Service::Daytime => 13,
+            Service::Chargen => 19,
         }
     }
 
@@ -45,6 +50,7 @@ impl fmt::Display for Service {
             Service::Echo => "echo",
             Service::Discard => "discard",
             Service::Daytime => "daytime",
+            Service::Chargen => "chargen",
         })
     }
 }
@@ -56,8 +62,9 @@ impl FromStr for Service {
             "echo" => Ok(Service::Echo),
             "discard" => Ok(Service::Discard),
             "daytime" => Ok(Service::Daytime),
+            "chargen" => Ok(Service::Chargen),
             other => Err(format!(
-                "unknown service '{other}' (known: echo, discard, daytime)"
+                "unknown service '{other}' (known: echo, discard, daytime, chargen)"
             )),
         }
     }
@@ -92,6 +99,29 @@ impl FromStr for ServiceSpec {
 /// pushes back on the sender.
 const ECHO_BACKLOG: usize = 64 * 1024;
 
+/// Characters per chargen line (RFC 864's example), before CR LF.
+const CHARGEN_LINE: usize = 72;
+/// The printable ASCII characters, ' ' to '~', that the lines rotate through.
+const CHARGEN_CHARS: usize = 95;
+/// Bytes after which the chargen stream repeats: one line starting at each
+/// of the 95 characters.
+pub const CHARGEN_CYCLE: usize = CHARGEN_CHARS * (CHARGEN_LINE + 2);
+
+/// The first `len` bytes of the chargen stream (RFC 864): line `i` holds
+/// the 72 printable characters starting at the `i mod 95`-th, then CR LF.
+pub fn chargen_pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            let (line, col) = (i / (CHARGEN_LINE + 2), i % (CHARGEN_LINE + 2));
+            match col {
+                CHARGEN_LINE => b'\r',
+                c if c == CHARGEN_LINE + 1 => b'\n',
+                c => b' ' + ((line + c) % CHARGEN_CHARS) as u8,
+            }
+        })
+        .collect()
+}
+
 struct AppConn {
     service: Service,
     /// Echo bytes read but not yet accepted by the send buffer.
@@ -99,6 +129,8 @@ struct AppConn {
     /// The peer finished sending; close once the backlog is out.
     peer_done: bool,
     closed: bool,
+    /// Chargen: where in the cycle the next byte to queue is.
+    chargen_pos: usize,
 }
 
 /// Per-connection state of the services.
@@ -106,6 +138,9 @@ pub struct Services {
     by_port: HashMap<u16, Service>,
     conns: HashMap<ConnId, AppConn>,
     scratch: Vec<u8>,
+    /// Two chargen cycles back to back, so that a whole cycle can be
+    /// offered to the core from any position without wrapping.
+    chargen: Vec<u8>,
 }
 
 impl Services {
@@ -114,6 +149,7 @@ impl Services {
             by_port: specs.iter().map(|&(s, p)| (p, s)).collect(),
             conns: HashMap::new(),
             scratch: vec![0; ECHO_BACKLOG],
+            chargen: chargen_pattern(2 * CHARGEN_CYCLE),
         }
     }
 
@@ -148,6 +184,7 @@ impl Services {
                         backlog: Vec::new(),
                         peer_done: false,
                         closed: false,
+                        chargen_pos: 0,
                     },
                 );
                 if service == Service::Daytime {
@@ -175,6 +212,9 @@ impl Services {
         let Some(app) = self.conns.get_mut(&conn) else {
             return;
         };
+        if app.service == Service::Chargen {
+            return Self::pump_chargen(app, &mut self.scratch, &self.chargen, stack, now, conn);
+        }
         loop {
             if !app.backlog.is_empty() {
                 match stack.send(now, conn, &app.backlog) {
@@ -208,6 +248,56 @@ impl Services {
                     }
                 }
                 Err(Error::WouldBlock) => return,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Chargen: throw away what arrives, close when the peer does, and
+    /// otherwise keep the send buffer full. Nothing is held outside the
+    /// core: what it does not take now is generated again on `Writable`.
+    fn pump_chargen(
+        app: &mut AppConn,
+        scratch: &mut [u8],
+        pattern: &[u8],
+        stack: &mut Stack,
+        now: Instant,
+        conn: ConnId,
+    ) {
+        // Reading also keeps the receive window open for a talkative peer.
+        loop {
+            match stack.recv(now, conn, scratch) {
+                Ok(0) => {
+                    app.peer_done = true;
+                    break;
+                }
+                Ok(_) => {}
+                // WouldBlock, or no receive side left: nothing to discard.
+                Err(_) => break,
+            }
+        }
+        if app.closed {
+            return;
+        }
+        if app.peer_done {
+            // RFC 864: the service runs until the user closes. A FIN is
+            // as far as a TCP peer can say that; a reset ends it in the core.
+            app.closed = true;
+            let _ = stack.close(now, conn);
+            return;
+        }
+        loop {
+            let chunk = &pattern[app.chargen_pos..app.chargen_pos + CHARGEN_CYCLE];
+            match stack.send(now, conn, chunk) {
+                Ok(n) => {
+                    app.chargen_pos = (app.chargen_pos + n) % CHARGEN_CYCLE;
+                    // A short write means the buffer is full, and the core
+                    // has armed a `Writable` event for when it drains.
+                    if n < chunk.len() {
+                        return;
+                    }
+                }
+                // The write side is gone (reset or closing): nothing to feed.
                 Err(_) => return,
             }
         }
@@ -289,6 +379,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tcp::{Config, State};
+    use std::net::{Ipv4Addr, SocketAddrV4};
     use std::time::Duration;
 
     #[test]
@@ -307,10 +399,220 @@ mod tests {
         assert!("echo".parse::<ServiceSpec>().is_err());
         assert!("echo:0".parse::<ServiceSpec>().is_err());
         assert!("echo:70000".parse::<ServiceSpec>().is_err());
-        assert!("chargen:19"
+        assert_eq!(
+            "chargen:19".parse::<ServiceSpec>().unwrap().service,
+            Service::Chargen
+        );
+        assert!("qotd:17"
             .parse::<ServiceSpec>()
             .unwrap_err()
             .contains("unknown service"));
+    }
+
+    /// A Linux-like client stack and the server stack with the services,
+    /// joined by a lossless wire, with virtual time.
+    struct Net {
+        server: Stack,
+        services: Services,
+        client: Stack,
+        conn: ConnId,
+        now: Instant,
+        /// What the client has read so far.
+        got: Vec<u8>,
+    }
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+    impl Net {
+        fn connect(service: Service, port: u16) -> Net {
+            let mut server = Stack::new(Config::default());
+            let services = Services::new(&[(service, port)]);
+            for p in services.ports() {
+                server.listen(SocketAddrV4::new(SERVER, p)).unwrap();
+            }
+            let mut client = Stack::new(Config {
+                isn_secret: [1; 16],
+                ..Config::default()
+            });
+            let now = Instant::from_micros(1_000_000);
+            let conn = client
+                .connect(
+                    now,
+                    SocketAddrV4::new(CLIENT, 40_000),
+                    SocketAddrV4::new(SERVER, port),
+                )
+                .unwrap();
+            let mut net = Net {
+                server,
+                services,
+                client,
+                conn,
+                now,
+                got: Vec::new(),
+            };
+            net.run_for(Duration::from_millis(10));
+            assert_eq!(net.client.state(conn), Some(State::Established));
+            net
+        }
+
+        /// Moves every pending segment across once and hands the server's
+        /// events to the services; true if anything moved.
+        fn exchange(&mut self) -> bool {
+            let mut moved = false;
+            let mut buf = vec![0u8; 2048];
+            while let Some(t) = self.server.poll_transmit(self.now, &mut buf) {
+                self.client
+                    .handle_segment(self.now, t.src, t.dst, &buf[..t.len]);
+                moved = true;
+            }
+            while let Some(t) = self.client.poll_transmit(self.now, &mut buf) {
+                self.server
+                    .handle_segment(self.now, t.src, t.dst, &buf[..t.len]);
+                moved = true;
+            }
+            while let Some(ev) = self.server.poll_event() {
+                self.services.handle(&mut self.server, self.now, ev);
+                moved = true;
+            }
+            // The client's events only say what `read` would find anyway.
+            while self.client.poll_event().is_some() {}
+            moved
+        }
+
+        /// Runs the wire and the timers of both sides for `d` of virtual time.
+        fn run_for(&mut self, d: Duration) {
+            let until = self.now + d;
+            loop {
+                while self.exchange() {}
+                let next = [self.server.poll_timeout(), self.client.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                match next {
+                    Some(t) if t <= until => {
+                        self.now = self.now.max(t);
+                        self.server.handle_timeout(self.now);
+                        self.client.handle_timeout(self.now);
+                    }
+                    _ => break,
+                }
+            }
+            self.now = until;
+        }
+
+        /// Reads what the client has received until `got` holds `max`
+        /// bytes; true at the end of the stream.
+        fn read(&mut self, max: usize) -> Result<bool, Error> {
+            let mut buf = vec![0u8; 64 * 1024];
+            while self.got.len() < max {
+                let want = buf.len().min(max - self.got.len());
+                match self.client.recv(self.now, self.conn, &mut buf[..want]) {
+                    Ok(0) => return Ok(true),
+                    Ok(n) => self.got.extend_from_slice(&buf[..n]),
+                    Err(Error::WouldBlock) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(false)
+        }
+
+        /// The server's one connection, if it still has it.
+        fn server_conn(&self) -> Option<crate::tcp::ConnInfo> {
+            self.server.connections().into_iter().next()
+        }
+    }
+
+    #[test]
+    fn chargen_pattern_is_rfc_864s() {
+        let p = chargen_pattern(2 * CHARGEN_CYCLE);
+        let first =
+            b" !\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefg\r\n";
+        assert_eq!(&p[..74], first);
+        assert_eq!(
+            &p[74..148],
+            &b"!\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefgh\r\n"[..]
+        );
+        // The last line of a cycle wraps from '~' back to ' '.
+        let last = &p[CHARGEN_CYCLE - 74..CHARGEN_CYCLE];
+        assert!(
+            last.starts_with(b"~ !\"#"),
+            "{:?}",
+            String::from_utf8_lossy(last)
+        );
+        assert_eq!(&p[CHARGEN_CYCLE..], &p[..CHARGEN_CYCLE]);
+    }
+
+    #[test]
+    fn chargen_streams_the_pattern_and_closes_after_the_peer() {
+        let mut net = Net::connect(Service::Chargen, 19);
+        let want = 3 * 1024 * 1024 + 17;
+        while net.got.len() < want {
+            net.read(want).unwrap();
+            net.run_for(Duration::from_millis(1));
+        }
+        assert_eq!(net.got, chargen_pattern(want));
+        // The peer's FIN ends the service: the rest of the buffer, a FIN,
+        // and the connection is gone on the server.
+        net.client.shutdown_write(net.now, net.conn).unwrap();
+        let mut eof = false;
+        for _ in 0..10_000 {
+            net.run_for(Duration::from_millis(1));
+            if net.read(usize::MAX).unwrap() {
+                eof = true;
+                break;
+            }
+        }
+        assert!(eof, "no end of stream after the peer's FIN");
+        net.run_for(Duration::from_secs(1));
+        assert_eq!(net.got, chargen_pattern(net.got.len()));
+        assert!(net.services.is_empty());
+        assert!(net.server_conn().is_none(), "{:?}", net.server_conn());
+    }
+
+    #[test]
+    fn chargen_sends_only_what_the_core_takes_and_resumes_when_it_drains() {
+        let mut net = Net::connect(Service::Chargen, 19);
+        // The client does not read: its window closes, the server's send
+        // buffer fills, and chargen must stop there (the persist timer's
+        // probes are all that moves).
+        net.run_for(Duration::from_secs(5));
+        let c = net.server_conn().expect("connection");
+        assert_eq!(c.send_queue, Config::default().send_buffer);
+        let recv_queue = net.client.connections()[0].recv_queue;
+        assert!(recv_queue >= Config::default().recv_buffer, "{recv_queue}");
+        assert!(net.services.conns.values().all(|a| a.backlog.is_empty()));
+        // Reading reopens the window; the stream continues exactly where
+        // it stopped (a lost or repeated chunk would break the pattern).
+        let want = 4 * Config::default().send_buffer;
+        for _ in 0..100_000 {
+            if net.got.len() >= want {
+                break;
+            }
+            net.read(want).unwrap();
+            net.run_for(Duration::from_millis(1));
+        }
+        assert!(net.got.len() >= want, "stalled at {}", net.got.len());
+        assert_eq!(net.got, chargen_pattern(net.got.len()));
+    }
+
+    #[test]
+    fn chargen_discards_input_and_stops_on_reset() {
+        let mut net = Net::connect(Service::Chargen, 19);
+        let junk = vec![b'x'; 100_000];
+        let mut sent = 0;
+        while sent < junk.len() {
+            sent += net.client.send(net.now, net.conn, &junk[sent..]).unwrap();
+            net.read(usize::MAX).unwrap();
+            net.run_for(Duration::from_millis(1));
+        }
+        net.run_for(Duration::from_millis(100));
+        let c = net.server_conn().expect("connection");
+        assert_eq!(c.recv_queue, 0, "chargen reads and drops what arrives");
+        net.client.abort(net.now, net.conn).unwrap();
+        net.run_for(Duration::from_millis(10));
+        assert!(net.services.is_empty());
+        assert!(net.server_conn().is_none());
     }
 
     #[test]

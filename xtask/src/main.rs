@@ -8,6 +8,10 @@
 //! - `test [--debug]`: every test, unit and end-to-end; fails when any
 //!   test fails or is skipped.
 //! - `state-diagram [--check]`: writes docs/tcp-states.{dot,svg}.
+//! - `bench [--only NAME] [--runs N] [--json PATH]`: the endpoint against
+//!   the kernel's TCP server (see bench.rs); not part of `test`.
+
+mod bench;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -63,6 +67,24 @@ enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Benchmark the endpoint against the kernel's TCP server (root required).
+    Bench(bench::BenchArgs),
+    /// The kernel-socket server of the benchmark (run by `bench`).
+    #[command(hide = true)]
+    BenchServer {
+        #[arg(long)]
+        addr: std::net::Ipv4Addr,
+    },
+    /// The client of the benchmark (run by `bench`).
+    #[command(hide = true)]
+    BenchClient {
+        #[arg(long)]
+        addr: std::net::Ipv4Addr,
+        #[arg(long, value_enum)]
+        direction: bench::Direction,
+        #[arg(long)]
+        bytes: u64,
+    },
 }
 
 const APT_PACKAGES: &[&str] = &[
@@ -92,6 +114,13 @@ fn main() -> ExitCode {
         Cmd::Test { debug } => setup().and_then(|_| test(!debug)),
         Cmd::StateDiagram { check } => state_diagram(check),
         Cmd::Install { root } => setup().and_then(|_| install(&root)),
+        Cmd::Bench(args) => setup().and_then(|_| bench::bench(args)),
+        Cmd::BenchServer { addr } => bench::server(addr),
+        Cmd::BenchClient {
+            addr,
+            direction,
+            bytes,
+        } => bench::client(addr, direction, bytes),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
