@@ -89,15 +89,12 @@ impl Report {
             self.mode, self.server, self.parallel, self.seconds
         );
         match self.mode {
-            Mode::Bulk => out += &format!(
-                "{:>14} {:>12} {:>8}\n{:>14} {:>12.1} {:>8}\n",
-                "bytes",
-                "Mbit/s",
-                "errors",
-                self.bytes,
-                self.mbit_per_s,
-                self.errors
-            ),
+            Mode::Bulk => {
+                out += &format!(
+                    "{:>14} {:>12} {:>8}\n{:>14} {:>12.1} {:>8}\n",
+                    "bytes", "Mbit/s", "errors", self.bytes, self.mbit_per_s, self.errors
+                )
+            }
             Mode::Rr | Mode::Crr => {
                 let l = self.latency.unwrap_or_default();
                 out += &format!(
@@ -214,12 +211,21 @@ fn invalid(msg: String) -> io::Error {
 
 /// Runs the benchmark; `progress` is called about once a second with the
 /// numbers so far (elapsed, bytes, transactions, errors).
-pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(Duration, u64, u64, u64)) -> io::Result<Report> {
+pub async fn run(
+    cfg: BenchConfig,
+    mut progress: impl FnMut(Duration, u64, u64, u64),
+) -> io::Result<Report> {
     if cfg.parallel == 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "parallel must be at least 1"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "parallel must be at least 1",
+        ));
     }
     if cfg.mode != Mode::Bulk && cfg.size == 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "size must be at least 1"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "size must be at least 1",
+        ));
     }
     let port = cfg.port.unwrap_or(match (cfg.mode, cfg.reverse) {
         (Mode::Bulk, false) => 9,
@@ -292,7 +298,9 @@ pub async fn run(cfg: BenchConfig, mut progress: impl FnMut(Duration, u64, u64, 
 /// Awaits every task (a tiny join_all, to avoid a dependency).
 fn futures_join<T>(
     tasks: Vec<tokio::task::JoinHandle<T>>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Result<T, tokio::task::JoinError>>> + Send>>
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Vec<Result<T, tokio::task::JoinError>>> + Send>,
+>
 where
     T: Send + 'static,
 {
@@ -356,7 +364,11 @@ async fn bulk_receive(
 }
 
 /// One request/response exchange on an open connection; its latency.
-async fn transaction(s: &mut crate::api::TcpStream, req: &[u8], resp: &mut [u8]) -> io::Result<u32> {
+async fn transaction(
+    s: &mut crate::api::TcpStream,
+    req: &[u8],
+    resp: &mut [u8],
+) -> io::Result<u32> {
     let t = Instant::now();
     s.write_all(req).await?;
     s.read_exact(resp).await?;
@@ -441,6 +453,14 @@ mod tests {
         let mut bad = all.clone();
         bad[500] ^= 1;
         assert_eq!(Chargen::new().check(&bad), Err(500));
+    }
+
+    #[test]
+    fn the_chargen_service_and_the_checker_agree() {
+        let len = 3 * 95 * CHARGEN_LINE + 17;
+        let mut ours = vec![0u8; len];
+        Chargen::new().fill(&mut ours);
+        assert_eq!(crate::services::chargen_pattern(len), ours);
     }
 
     #[test]

@@ -124,7 +124,10 @@ fn check_modes(ns: &str, iface: &str, server: &str, discarded: Option<&AtomicU64
 
     let r = bench(ns, &with(&["--mode", "bulk", "--reverse"]));
     assert_eq!(r["errors"], 0);
-    assert!(r["bytes"].as_u64().unwrap() > 0, "chargen bytes checked: {r}");
+    assert!(
+        r["bytes"].as_u64().unwrap() > 0,
+        "chargen bytes checked: {r}"
+    );
 
     let r = bench(ns, &with(&["--mode", "rr", "-P", "8", "--size", "64"]));
     assert_eq!(r["errors"], 0);
