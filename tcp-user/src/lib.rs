@@ -7,6 +7,7 @@
 //! - [`xdp`]: loads and attaches the embedded XDP program, owns its maps.
 //! - [`frame`]: Ethernet and IPv4 framing around TCP segments.
 //! - [`driver`]: the tokio driver joining all of the above.
+//! - [`iperf3`]: a sans-IO iperf3-compatible test server.
 
 pub mod afxdp;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod control;
 pub mod diagram;
 pub mod driver;
 pub mod frame;
+pub mod iperf3;
 pub mod notify;
 pub mod pcap;
 pub mod services;
