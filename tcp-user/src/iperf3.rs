@@ -21,7 +21,13 @@
 //! | the send buffer has room again              | [`Server::on_writable`]        |
 //! | the peer sent FIN (no more bytes will come) | [`Server::on_peer_closed`]     |
 //! | the connection is gone (closed or reset)    | [`Server::on_closed`]          |
+//! | (optional) TCP retransmission counter       | [`Server::set_retransmits`]    |
 //! | `now` reached [`Server::poll_timeout`]      | [`Server::handle_timeout`]     |
+//!
+//! Every accepted connection must eventually get `on_closed`, including
+//! those the server itself closed or refused (the server forgets a
+//! connection only then). `on_accept` must come before the connection's
+//! first `on_data`.
 //!
 //! After every call, drain [`Server::poll_output`] until it returns `None`
 //! and execute the actions in order:
@@ -451,6 +457,8 @@ struct Stream {
     omitted: u64,
     tx: Tx,
     open: bool,
+    /// Retransmissions, if the driver reports them.
+    retransmits: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -746,19 +754,12 @@ impl Server {
     /// [`Action::SendData`] on `conn`: `n` bytes, at most its `max`.
     pub fn data_sent(&mut self, conn: u64, n: usize) {
         let now = self.now;
-        let Some(t) = self.test.as_mut() else { return };
         // A stream closed at TEST_END may still answer its last SendData:
         // those bytes were handed to TCP, so they count.
-        let Some(i) = (match self.conns.get(&conn) {
-            Some(Conn {
-                role: Role::Stream(i),
-                ..
-            }) => Some(*i),
-            Some(_) => t.streams.iter().position(|s| s.conn == conn),
-            None => None,
-        }) else {
+        let Some(i) = self.stream_index(conn) else {
             return;
         };
+        let Some(t) = self.test.as_mut() else { return };
         let s = &mut t.streams[i];
         let max = match s.tx {
             Tx::Outstanding(max) => max,
@@ -782,6 +783,35 @@ impl Server {
                 s.tx = Tx::Idle;
                 self.arm(i);
             }
+        }
+    }
+
+    /// Reports the retransmissions of `conn` so far (its TCP's counter).
+    /// Optional: if the driver reports them for the streams the server
+    /// sends on, any time before the client's results arrive, the results
+    /// carry them and the client prints its Retr column for the server's
+    /// side; otherwise the server says it does not know them.
+    pub fn set_retransmits(&mut self, conn: u64, retransmits: u64) {
+        if let Some(i) = self.stream_index(conn) {
+            if let Some(t) = self.test.as_mut() {
+                t.streams[i].retransmits = Some(retransmits);
+            }
+        }
+    }
+
+    /// The index of the current test's stream on `conn`, even after the
+    /// server closed it.
+    fn stream_index(&self, conn: u64) -> Option<usize> {
+        let t = self.test.as_ref()?;
+        match self.conns.get(&conn)? {
+            Conn {
+                role: Role::Stream(i),
+                ..
+            } => Some(*i),
+            Conn {
+                role: Role::Dead, ..
+            } => t.streams.iter().position(|s| s.conn == conn),
+            _ => None,
         }
     }
 
@@ -909,6 +939,7 @@ impl Server {
             omitted: 0,
             tx: Tx::Idle,
             open: true,
+            retransmits: None,
         });
         self.conns.get_mut(&conn).expect("pending conn").role = Role::Stream(index);
         if t.streams.len() == total {
@@ -1070,16 +1101,21 @@ impl Server {
                     });
                 }
                 Phase::CreateStreams | Phase::Running | Phase::Done => {
+                    // TEST_START is ignored (as iperf3 does); skip a run of
+                    // them at once so that a flood costs one pass.
+                    let skip =
+                        t.rx.iter()
+                            .take_while(|&&b| b as i8 == msg::TEST_START)
+                            .count();
+                    t.rx.drain(..skip);
                     let Some(&b) = t.rx.first() else { return };
-                    t.rx.remove(0);
+                    t.rx.drain(..1);
                     match (t.phase, b as i8) {
                         (Phase::Running, msg::TEST_END) => self.end_test(now),
                         (Phase::Done, msg::IPERF_DONE) => {
                             self.finish();
                             return;
                         }
-                        // iperf3 servers ignore these.
-                        (_, msg::TEST_START) => {}
                         (_, msg::CLIENT_TERMINATE) => {
                             self.fail("the client terminated the test".into());
                             return;
@@ -1162,16 +1198,32 @@ impl Server {
             (Some(s), Some(e)) => e.saturating_duration_since(s).as_secs_f64(),
             _ => 0.0,
         };
+        // -1: not a sender; 0: a sender that does not know its
+        // retransmissions (the client then prints no Retr column); 1: they
+        // are in the streams.
+        let has_retransmits = t
+            .streams
+            .iter()
+            .any(|s| s.sender && s.retransmits.is_some());
+        let sender_has_retransmits = match (p.server_sends() > 0, has_retransmits) {
+            (false, _) => -1,
+            (true, false) => 0,
+            (true, true) => 1,
+        };
         // `secs` counts from the start; iperf3 reports the streams'
         // times from their start, omitted seconds included.
         let streams: Vec<Value> = t
             .streams
             .iter()
             .map(|s| {
+                let retransmits = match (s.sender && has_retransmits, s.retransmits) {
+                    (true, n) => n.unwrap_or(0) as i64,
+                    (false, _) => -1,
+                };
                 json!({
                     "id": s.id,
                     "bytes": s.bytes,
-                    "retransmits": -1,
+                    "retransmits": retransmits,
                     "jitter": 0,
                     "errors": 0,
                     "packets": 0,
@@ -1180,9 +1232,6 @@ impl Server {
                 })
             })
             .collect();
-        // -1: not a sender; 0: a sender that does not know its
-        // retransmissions (the client then prints no Retr column).
-        let sender_has_retransmits = if p.server_sends() > 0 { 0 } else { -1 };
         let mut doc = json!({
             "cpu_util_total": 0,
             "cpu_util_user": 0,
@@ -1524,6 +1573,7 @@ mod tests {
         s.on_data(3, &[0; 20], ms(5));
         s.data_sent(4, 40);
         s.data_sent(5, 50);
+        s.set_retransmits(4, 7);
         s.on_data(1, &[4], ms(1000));
         drain(&mut s);
         s.on_data(1, &frame(CLIENT_RESULTS), ms(1001));
@@ -1535,7 +1585,14 @@ mod tests {
             .map(|s| (s["id"].as_u64().unwrap(), s["bytes"].as_u64().unwrap()))
             .collect();
         assert_eq!(ids, vec![(1, 10), (3, 20), (4, 40), (5, 50)]);
-        assert_eq!(doc["sender_has_retransmits"], 0);
+        assert_eq!(doc["sender_has_retransmits"], 1);
+        let retr: Vec<_> = doc["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["retransmits"].as_i64().unwrap())
+            .collect();
+        assert_eq!(retr, vec![-1, -1, 7, 0]);
     }
 
     #[test]
@@ -1760,9 +1817,11 @@ mod tests {
                 [Report::Failed { .. }]
             ));
         }
-        // TEST_START while running is ignored, as iperf3 does.
+        // TEST_START while running is ignored, as iperf3 does (a flood of
+        // them too).
         let mut s = running("", 1);
         s.on_data(1, &[1], ms(10));
+        s.on_data(1, &vec![1; 4 << 20], ms(10));
         assert_eq!(drain(&mut s), vec![]);
         assert!(s.is_busy());
         // CLIENT_TERMINATE ends the test without an error message.
@@ -2268,13 +2327,14 @@ mod kernel_tests {
         h.wait_idle();
 
         // The plain-text report.
-        let out = finish(client(port, &["-t", "1"]));
+        let out = finish(client(port, &["-t", "1", "--get-server-output"]));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}");
         assert!(
             text.contains("receiver") && text.contains("iperf Done."),
             "{text}"
         );
+        assert!(text.contains("Server output:"), "{text}");
         h.wait_idle();
 
         // -b paces what the server sends: two streams of 100 Mbit/s.
