@@ -54,6 +54,32 @@
 //!   to `on_data` is harmless.
 //! - [`Action::Abort`]: reset the connection (RST), dropping queued bytes.
 //!
+//! A driver's loop, in outline:
+//!
+//! ```
+//! use tcp_user::iperf3::{Action, Instant, Server, MAX_BLOCKSIZE};
+//!
+//! let mut server = Server::default();
+//! // The payload of every SendData: one buffer, allocated once.
+//! let pattern = vec![0x5a_u8; MAX_BLOCKSIZE];
+//! let now = Instant::from_micros(1_000);
+//! server.on_accept(7, now);
+//! server.on_data(7, b"abcdefghijklmnopqrstuvwxyz234567abcd\0", now);
+//! while let Some(action) = server.poll_output() {
+//!     match action {
+//!         Action::Send { conn, bytes } => { /* queue `bytes` on `conn` */ }
+//!         Action::SendData { conn, max } => {
+//!             // let n = stack.send(conn, &pattern[..max]);
+//!             let n = pattern[..max].len();
+//!             // May queue the next SendData, which this loop picks up.
+//!             server.data_sent(conn, n);
+//!         }
+//!         Action::Close { conn } => { /* FIN */ }
+//!         Action::Abort { conn } => { /* RST */ }
+//!     }
+//! }
+//! ```
+//!
 //! The server also emits [`Report`]s (test started, finished, failed,
 //! connection refused) for logging, through [`Server::poll_report`].
 //!
@@ -1008,9 +1034,14 @@ impl Server {
         if !s.sender || matches!(s.tx, Tx::Outstanding(_) | Tx::Finished) {
             return;
         }
-        if t.phase != Phase::Running || !s.open {
-            s.tx = Tx::Finished;
-            return;
+        match t.phase {
+            // Not started yet (an early `on_writable`): nothing to do.
+            Phase::Cookie | Phase::Params | Phase::CreateStreams => return,
+            Phase::Running if s.open => {}
+            _ => {
+                s.tx = Tx::Finished;
+                return;
+            }
         }
         let mut max = p.len;
         let limit = if p.bytes > 0 {
@@ -1604,8 +1635,12 @@ mod tests {
         drain(&mut s);
         s.on_accept(20, ms(1));
         s.on_accept(10, ms(1));
-        // Cookies read in the other order.
+        // Cookies read in the other order, and a TCP stack that says
+        // "writable" early.
         s.on_data(10, COOKIE, ms(2));
+        s.on_writable(10, ms(2));
+        s.on_writable(20, ms(2));
+        assert_eq!(drain(&mut s), vec![]);
         s.on_data(20, COOKIE, ms(2));
         assert_eq!(
             drain(&mut s),
