@@ -39,9 +39,11 @@
 //!   any content to the connection (iperf3 does not check the payload: a
 //!   static pattern buffer of the block size, reused for every call, is
 //!   enough; no allocation per call is needed), then report how many bytes
-//!   the TCP stack accepted with [`Server::data_sent`]`(conn, n)`, `n` from 0
-//!   to `max`. If `n == max` the server asks for the next block right away
-//!   (the next `poll_output` returns another `SendData`). If `n < max` the
+//!   the TCP stack accepted with [`Server::data_sent`]`(conn, n, now)`, `n`
+//!   from 0 to `max` (`now` places the bytes in time, for `-O` and `-b`).
+//!   If `n == max` the server asks for the next block right away (the next
+//!   `poll_output` returns another `SendData`, or, when `-b` paces the
+//!   test, a later [`Server::handle_timeout`] does). If `n < max` the
 //!   send buffer is full: the server asks for nothing more on that
 //!   connection until [`Server::on_writable`] is called, which the driver
 //!   does when the connection can take bytes again (calling it when nothing
@@ -72,7 +74,7 @@
 //!             // let n = stack.send(conn, &pattern[..max]);
 //!             let n = pattern[..max].len();
 //!             // May queue the next SendData, which this loop picks up.
-//!             server.data_sent(conn, n);
+//!             server.data_sent(conn, n, now);
 //!         }
 //!         Action::Close { conn } => { /* FIN */ }
 //!         Action::Abort { conn } => { /* RST */ }
@@ -777,8 +779,10 @@ impl Server {
     }
 
     /// Reports what the TCP stack accepted of the last
-    /// [`Action::SendData`] on `conn`: `n` bytes, at most its `max`.
-    pub fn data_sent(&mut self, conn: u64, n: usize) {
+    /// [`Action::SendData`] on `conn`: `n` bytes, at most its `max`, at
+    /// `now`. May queue the next `SendData` (see the module documentation).
+    pub fn data_sent(&mut self, conn: u64, n: usize, now: Instant) {
+        self.tick(now);
         let now = self.now;
         // A stream closed at TEST_END may still answer its last SendData:
         // those bytes were handed to TCP, so they count.
@@ -1225,8 +1229,10 @@ impl Server {
     fn send_results(&mut self, client_results: Value) {
         let t = self.test.as_mut().expect("a test");
         let p = t.params.as_ref().expect("parameters");
+        // As iperf3, the streams' times start after the omitted seconds.
+        let omit = Duration::from_secs(p.omit as u64);
         let secs = match (t.start, t.end) {
-            (Some(s), Some(e)) => e.saturating_duration_since(s).as_secs_f64(),
+            (Some(s), Some(e)) => e.saturating_duration_since(s + omit).as_secs_f64(),
             _ => 0.0,
         };
         // -1: not a sender; 0: a sender that does not know its
@@ -1241,8 +1247,6 @@ impl Server {
             (true, false) => 0,
             (true, true) => 1,
         };
-        // `secs` counts from the start; iperf3 reports the streams'
-        // times from their start, omitted seconds included.
         let streams: Vec<Value> = t
             .streams
             .iter()
@@ -1553,13 +1557,13 @@ mod tests {
         // Nothing more until the outstanding block is answered.
         s.on_writable(2, ms(10));
         assert_eq!(drain(&mut s), vec![]);
-        s.data_sent(2, 1000);
+        s.data_sent(2, 1000, ms(10));
         assert_eq!(drain(&mut s), vec![Action::SendData { conn: 2, max: 1000 }]);
-        s.data_sent(2, 300);
+        s.data_sent(2, 300, ms(10));
         assert_eq!(drain(&mut s), vec![], "short write: wait for writable");
         s.on_writable(2, ms(20));
         assert_eq!(drain(&mut s), vec![Action::SendData { conn: 2, max: 1000 }]);
-        s.data_sent(2, 0);
+        s.data_sent(2, 0, ms(10));
         assert_eq!(drain(&mut s), vec![]);
         // Client data on a sending stream is not counted.
         s.on_data(2, &[1; 50], ms(30));
@@ -1572,7 +1576,7 @@ mod tests {
         );
         // The answer to the last SendData comes after TEST_END: counted (it
         // was handed to TCP), but no more data is asked for.
-        s.data_sent(2, 1000);
+        s.data_sent(2, 1000, ms(10));
         s.on_writable(2, ms(1001));
         assert_eq!(drain(&mut s), vec![]);
         s.on_data(1, &frame(CLIENT_RESULTS), ms(1002));
@@ -1602,8 +1606,8 @@ mod tests {
         );
         s.on_data(2, &[0; 10], ms(5));
         s.on_data(3, &[0; 20], ms(5));
-        s.data_sent(4, 40);
-        s.data_sent(5, 50);
+        s.data_sent(4, 40, ms(10));
+        s.data_sent(5, 50, ms(10));
         s.set_retransmits(4, 7);
         s.on_data(1, &[4], ms(1000));
         drain(&mut s);
@@ -1907,7 +1911,7 @@ mod tests {
         );
         assert!(!s.is_busy());
         // The answer to the last SendData comes too late: ignored.
-        s.data_sent(2, 1000);
+        s.data_sent(2, 1000, ms(10));
         assert_eq!(drain(&mut s), vec![]);
         // A reset control connection does the same.
         let mut s = running("", 1);
@@ -1918,8 +1922,8 @@ mod tests {
         let mut s = running(r#""reverse":true,"parallel":2"#, 2);
         drain(&mut s);
         s.on_closed(2);
-        s.data_sent(2, 1000);
-        s.data_sent(3, 1000);
+        s.data_sent(2, 1000, ms(10));
+        s.data_sent(3, 1000, ms(10));
         assert_eq!(drain(&mut s), vec![Action::SendData { conn: 3, max: 1000 }]);
         assert!(s.is_busy());
     }
@@ -1958,15 +1962,17 @@ mod tests {
         let mut s = running(r#""omit":1,"bidirectional":true"#, 2);
         assert_eq!(drain(&mut s), vec![Action::SendData { conn: 3, max: 1000 }]);
         s.on_data(2, &[0; 100], ms(500));
-        s.data_sent(3, 1000);
+        s.data_sent(3, 1000, ms(500));
         s.on_data(2, &[0; 30], ms(1500));
-        s.data_sent(3, 7);
+        s.data_sent(3, 7, ms(1500));
         s.on_data(1, &[4], ms(2004));
         drain(&mut s);
         s.on_data(1, &frame(CLIENT_RESULTS), ms(2005));
         let doc = results_doc(&drain(&mut s)[0]);
         assert_eq!(doc["streams"][0]["bytes"], 30);
         assert_eq!(doc["streams"][1]["bytes"], 7);
+        // Times count from the end of the omitted second.
+        assert!((doc["streams"][1]["end_time"].as_f64().unwrap() - 1.0).abs() < 0.01);
     }
 
     #[test]
@@ -1974,7 +1980,7 @@ mod tests {
         // -b 8000 bit/s with 100-byte blocks: one block per 100 ms.
         let mut s = running(r#""reverse":true,"len":100,"bandwidth":8000"#, 1);
         assert_eq!(drain(&mut s), vec![Action::SendData { conn: 2, max: 100 }]);
-        s.data_sent(2, 100);
+        s.data_sent(2, 100, ms(4));
         assert_eq!(drain(&mut s), vec![]);
         assert_eq!(s.poll_timeout(), Some(ms(4 + 100)));
         s.handle_timeout(ms(50));
@@ -1990,7 +1996,7 @@ mod tests {
                     panic!("{a:?}")
                 };
                 total += max;
-                s.data_sent(conn, max);
+                s.data_sent(conn, max, ms(10));
             }
         }
         assert_eq!(total, 250);
@@ -1999,7 +2005,7 @@ mod tests {
         let mut total = 0;
         while let Some(Action::SendData { conn, max }) = s.poll_output() {
             total += max;
-            s.data_sent(conn, max);
+            s.data_sent(conn, max, ms(10));
         }
         assert_eq!(total, 300);
     }
@@ -2049,7 +2055,7 @@ mod tests {
                     4 => s.on_data(conn, &[*bytes.first().unwrap_or(&4) & 0x1f], ms(t)),
                     5 => {
                         if let Some(max) = outstanding.remove(&conn) {
-                            s.data_sent(conn, bytes.len().min(max));
+                            s.data_sent(conn, bytes.len().min(max), ms(t));
                         }
                         s.on_writable(conn, ms(t));
                     }
@@ -2225,7 +2231,7 @@ mod kernel_tests {
                                 }
                             };
                             h.with(|srv, now| {
-                                srv.data_sent(conn, n);
+                                srv.data_sent(conn, n, now);
                                 if n < max {
                                     // A blocking socket can always be
                                     // tried again.
@@ -2372,6 +2378,17 @@ mod kernel_tests {
         assert!(text.contains("Server output:"), "{text}");
         h.wait_idle();
 
+        // -O: the server's count (here as the sender) leaves out the
+        // omitted second, and so do its times.
+        let v = ok(
+            &finish(client(port, &["-t", "1", "-J", "-R", "-O", "1"])),
+            "-R -O 1",
+        );
+        assert!(bytes(&v, &["end", "sum_sent", "bytes"]) > 0);
+        let secs = v["end"]["sum_sent"]["seconds"].as_f64().unwrap();
+        assert!((0.9..1.5).contains(&secs), "{secs}");
+        h.wait_idle();
+
         // -b paces what the server sends: two streams of 100 Mbit/s.
         let v = ok(
             &finish(client(
@@ -2430,6 +2447,6 @@ mod kernel_tests {
             .iter()
             .filter(|r| matches!(r, Report::Finished { .. }))
             .count();
-        assert_eq!(finished, 8, "{reports:#?}");
+        assert_eq!(finished, 9, "{reports:#?}");
     }
 }
