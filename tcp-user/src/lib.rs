@@ -3,12 +3,15 @@
 //!
 //! - [`tcp`]: the sans-IO TCP core (RFC 9293). No I/O, no clock reads.
 //! - [`wire`]: zero-copy views and emitters for TCP segments, checksums.
-//! - [`afxdp`]: AF_XDP sockets (UMEM and rings) on `libc`; the only `unsafe`.
+//! - [`afxdp`]: AF_XDP sockets (UMEM and rings) on `libc`.
 //! - [`xdp`]: loads and attaches the embedded XDP program, owns its maps.
 //! - [`frame`]: Ethernet and IPv4 framing around TCP segments.
 //! - [`driver`]: the tokio driver joining all of the above.
 //! - [`api`]: the library API: `Endpoint`, `TcpListener`, `TcpStream`
 //!   (tokio `AsyncRead`/`AsyncWrite`).
+//! - [`netlink`]: routes and neighbours from the kernel (active opens).
+//! - [`iperf3`]: a sans-IO iperf3-compatible test server.
+//! - [`bench`]: `tcp-user bench`, the load generator.
 
 pub mod afxdp;
 pub mod api;
@@ -18,6 +21,7 @@ pub mod control;
 pub mod diagram;
 pub mod driver;
 pub mod frame;
+pub mod iperf3;
 pub mod netlink;
 pub mod notify;
 pub mod pcap;
