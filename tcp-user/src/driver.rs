@@ -446,7 +446,11 @@ impl Driver {
 
     /// When the core's earliest timer is due.
     fn next_deadline(&self) -> Option<tokio::time::Instant> {
-        let at = self.shared.lock().stack.poll_timeout();
+        let core = self.shared.lock();
+        let at = [core.stack.poll_timeout(), core.services.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
         at.map(|t| self.clock.deadline(t))
     }
 
@@ -585,6 +589,10 @@ impl Driver {
             core.stack.handle_timeout(now);
         }
         core.dispatch_events(now);
+        if core.services.poll_timeout().is_some_and(|t| t <= now) {
+            core.services.handle_timeout(&mut core.stack, now);
+            core.dispatch_events(now);
+        }
         let tx_blocked = self.transmit(now, core);
         if let Some(p) = self.pcap.as_mut() {
             p.flush();

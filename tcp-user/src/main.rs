@@ -92,8 +92,9 @@ struct RunArgs {
     /// The endpoint's IPv4 address [default: the interface's first IPv4 address].
     #[arg(long)]
     addr: Option<Ipv4Addr>,
-    /// A service to run, NAME:PORT with NAME one of echo, discard, daytime, chargen;
-    /// repeatable [default: echo:7 discard:9 daytime:13].
+    /// A service to run, NAME:PORT with NAME one of echo, discard, daytime,
+    /// chargen, iperf3; repeatable [default: echo:7 discard:9 daytime:13
+    /// iperf3:5201].
     #[arg(long = "service", value_name = "NAME:PORT")]
     services: Vec<ServiceSpec>,
     /// AF_XDP sockets to open, one per RX queue [default: every queue].

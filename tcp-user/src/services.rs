@@ -1,13 +1,14 @@
 //! The built-in services, run directly on the core's events (no task or
 //! buffer copy per connection beyond what the protocol needs):
-//! echo (RFC 862), discard (RFC 863), daytime (RFC 867) and chargen
-//! (RFC 864).
+//! echo (RFC 862), discard (RFC 863), daytime (RFC 867), chargen
+//! (RFC 864), and an iperf3-compatible test server ([`crate::iperf3`]).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::iperf3;
 use crate::tcp::{ConnId, Error, Event, Instant, Stack};
 
 /// A service the endpoint can offer on a port.
@@ -22,6 +23,8 @@ pub enum Service {
     /// RFC 864: send a repeating pattern of text lines until the peer
     /// closes; throw away whatever arrives.
     Chargen,
+    /// iperf3's server: stock `iperf3 -c` clients run their tests here.
+    Iperf3,
 }
 
 impl Service {
@@ -32,15 +35,22 @@ impl Service {
             Service::Discard => 9,
             Service::Daytime => 13,
             Service::Chargen => 19,
+            Service::Iperf3 => iperf3::DEFAULT_PORT,
         }
     }
 
-    /// The services served when none is named.
+    /// The services served when none is named (chargen only on request:
+    /// it sends without being asked, a classic amplifier).
     pub fn defaults() -> Vec<(Service, u16)> {
-        [Service::Echo, Service::Discard, Service::Daytime]
-            .into_iter()
-            .map(|s| (s, s.well_known_port()))
-            .collect()
+        [
+            Service::Echo,
+            Service::Discard,
+            Service::Daytime,
+            Service::Iperf3,
+        ]
+        .into_iter()
+        .map(|s| (s, s.well_known_port()))
+        .collect()
     }
 }
 
@@ -51,6 +61,7 @@ impl fmt::Display for Service {
             Service::Discard => "discard",
             Service::Daytime => "daytime",
             Service::Chargen => "chargen",
+            Service::Iperf3 => "iperf3",
         })
     }
 }
@@ -63,8 +74,9 @@ impl FromStr for Service {
             "discard" => Ok(Service::Discard),
             "daytime" => Ok(Service::Daytime),
             "chargen" => Ok(Service::Chargen),
+            "iperf3" => Ok(Service::Iperf3),
             other => Err(format!(
-                "unknown service '{other}' (known: echo, discard, daytime, chargen)"
+                "unknown service '{other}' (known: echo, discard, daytime, chargen, iperf3)"
             )),
         }
     }
@@ -133,10 +145,22 @@ struct AppConn {
     chargen_pos: usize,
 }
 
+/// The iperf3 server of one port and what it needs from the driver.
+struct Iperf3Port {
+    server: iperf3::Server,
+    /// Control bytes the send buffer did not take yet, per connection.
+    pending: HashMap<ConnId, Vec<u8>>,
+}
+
 /// Per-connection state of the services.
 pub struct Services {
     by_port: HashMap<u16, Service>,
     conns: HashMap<ConnId, AppConn>,
+    /// iperf3 servers by port, and which connection belongs to which.
+    iperf3: HashMap<u16, Iperf3Port>,
+    iperf3_conns: HashMap<ConnId, u16>,
+    /// The payload of iperf3's test data (its content does not matter).
+    iperf3_block: Vec<u8>,
     scratch: Vec<u8>,
     /// Two chargen cycles back to back, so that a whole cycle can be
     /// offered to the core from any position without wrapping.
@@ -150,6 +174,153 @@ impl Services {
             conns: HashMap::new(),
             scratch: vec![0; ECHO_BACKLOG],
             chargen: chargen_pattern(2 * CHARGEN_CYCLE),
+            iperf3: specs
+                .iter()
+                .filter(|(s, _)| *s == Service::Iperf3)
+                .map(|&(_, port)| {
+                    let port_state = Iperf3Port {
+                        server: iperf3::Server::default(),
+                        pending: HashMap::new(),
+                    };
+                    (port, port_state)
+                })
+                .collect(),
+            iperf3_conns: HashMap::new(),
+            iperf3_block: vec![0x5a; iperf3::MAX_BLOCKSIZE],
+        }
+    }
+
+    /// When the services' own earliest timer is due (iperf3's test clock).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.iperf3
+            .values()
+            .filter_map(|p| p.server.poll_timeout())
+            .min()
+    }
+
+    /// Runs the services' timers due at `now`.
+    pub fn handle_timeout(&mut self, stack: &mut Stack, now: Instant) {
+        let ports: Vec<u16> = self
+            .iperf3
+            .iter()
+            .filter(|(_, p)| p.server.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(&port, _)| port)
+            .collect();
+        for port in ports {
+            if let Some(p) = self.iperf3.get_mut(&port) {
+                p.server.handle_timeout(now);
+            }
+            self.iperf3_actions(stack, now, port);
+        }
+    }
+
+    /// iperf3: feeds one event to the port's server and carries out what
+    /// it asks for.
+    fn iperf3_event(&mut self, stack: &mut Stack, now: Instant, event: Event) {
+        let conn = match event {
+            Event::Accepted { conn, .. }
+            | Event::Connected(conn)
+            | Event::Readable(conn)
+            | Event::Writable(conn) => conn,
+            Event::Closed { conn, .. } => conn,
+        };
+        let Some(&port) = self.iperf3_conns.get(&conn) else {
+            return;
+        };
+        let Some(p) = self.iperf3.get_mut(&port) else {
+            return;
+        };
+        match event {
+            Event::Accepted { .. } => {
+                // Control messages are small and come in quick succession:
+                // Nagle would hold TEST_START for a delayed ACK.
+                let _ = stack.set_nodelay(conn, true);
+                p.server.on_accept(conn.0, now);
+                Self::iperf3_read(p, stack, now, conn, &mut self.scratch);
+            }
+            Event::Readable(_) => Self::iperf3_read(p, stack, now, conn, &mut self.scratch),
+            Event::Writable(_) => {
+                if let Some(bytes) = p.pending.get_mut(&conn) {
+                    let n = stack.send(now, conn, bytes).unwrap_or(bytes.len());
+                    bytes.drain(..n);
+                    if bytes.is_empty() {
+                        p.pending.remove(&conn);
+                    }
+                }
+                p.server.on_writable(conn.0, now);
+            }
+            Event::Closed { .. } => {
+                p.pending.remove(&conn);
+                p.server.on_closed(conn.0);
+                self.iperf3_conns.remove(&conn);
+            }
+            Event::Connected(_) => {}
+        }
+        self.iperf3_actions(stack, now, port);
+    }
+
+    /// Reads what arrived on an iperf3 connection into the server.
+    fn iperf3_read(
+        p: &mut Iperf3Port,
+        stack: &mut Stack,
+        now: Instant,
+        conn: ConnId,
+        scratch: &mut [u8],
+    ) {
+        loop {
+            match stack.recv(now, conn, scratch) {
+                Ok(0) => {
+                    p.server.on_peer_closed(conn.0);
+                    return;
+                }
+                Ok(n) => p.server.on_data(conn.0, &scratch[..n], now),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Carries out the actions of a port's iperf3 server.
+    fn iperf3_actions(&mut self, stack: &mut Stack, now: Instant, port: u16) {
+        let Some(p) = self.iperf3.get_mut(&port) else {
+            return;
+        };
+        while let Some(action) = p.server.poll_output() {
+            match action {
+                iperf3::Action::Send { conn, bytes } => {
+                    let id = ConnId(conn);
+                    // Behind bytes already waiting, or whatever the send
+                    // buffer does not take now: kept, in order.
+                    match p.pending.get_mut(&id) {
+                        Some(q) => q.extend_from_slice(&bytes),
+                        None => {
+                            let n = stack.send(now, id, &bytes).unwrap_or(bytes.len());
+                            if n < bytes.len() {
+                                p.pending.insert(id, bytes[n..].to_vec());
+                            }
+                        }
+                    }
+                }
+                iperf3::Action::SendData { conn, max } => {
+                    let id = ConnId(conn);
+                    let max = max.min(self.iperf3_block.len());
+                    let n = if p.pending.contains_key(&id) {
+                        0
+                    } else {
+                        stack.send(now, id, &self.iperf3_block[..max]).unwrap_or(0)
+                    };
+                    p.server.data_sent(conn, n, now);
+                }
+                iperf3::Action::Close { conn } => {
+                    let _ = stack.close(now, ConnId(conn));
+                }
+                iperf3::Action::Abort { conn } => {
+                    p.pending.remove(&ConnId(conn));
+                    let _ = stack.abort(now, ConnId(conn));
+                }
+            }
+        }
+        while let Some(report) = p.server.poll_report() {
+            tracing::info!("iperf3 on port {port}: {report:?}");
         }
     }
 
@@ -170,6 +341,21 @@ impl Services {
 
     /// Reacts to one event of the core.
     pub fn handle(&mut self, stack: &mut Stack, now: Instant, event: Event) {
+        if let Event::Accepted { conn, listener } = event {
+            if self.iperf3.contains_key(&listener) {
+                self.iperf3_conns.insert(conn, listener);
+            }
+        }
+        let conn = match event {
+            Event::Accepted { conn, .. }
+            | Event::Connected(conn)
+            | Event::Readable(conn)
+            | Event::Writable(conn)
+            | Event::Closed { conn, .. } => conn,
+        };
+        if self.iperf3_conns.contains_key(&conn) {
+            return self.iperf3_event(stack, now, event);
+        }
         match event {
             Event::Accepted { conn, listener } => {
                 let Some(&service) = self.by_port.get(&listener) else {
