@@ -237,37 +237,30 @@ pub async fn run(
     let counters = Arc::new(Progress::default());
     let start = Instant::now();
     let deadline = start + cfg.duration;
-    let mut tasks = Vec::with_capacity(cfg.parallel);
+    let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..cfg.parallel {
         let (ep, c) = (endpoint.clone(), Arc::clone(&counters));
         let size = cfg.size;
-        let task = match (cfg.mode, cfg.reverse) {
-            (Mode::Bulk, false) => tokio::spawn(bulk_send(ep, server, deadline, c)),
-            (Mode::Bulk, true) => tokio::spawn(bulk_receive(ep, server, deadline, c)),
-            (Mode::Rr, _) => tokio::spawn(request_response(ep, server, size, deadline, c)),
-            (Mode::Crr, _) => tokio::spawn(connect_request_response(ep, server, size, deadline, c)),
+        match (cfg.mode, cfg.reverse) {
+            (Mode::Bulk, false) => tasks.spawn(bulk_send(ep, server, deadline, c)),
+            (Mode::Bulk, true) => tasks.spawn(bulk_receive(ep, server, deadline, c)),
+            (Mode::Rr, _) => tasks.spawn(request_response(ep, server, size, deadline, c)),
+            (Mode::Crr, _) => tasks.spawn(connect_request_response(ep, server, size, deadline, c)),
         };
-        tasks.push(task);
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut samples = Vec::new();
-    let mut all = futures_join(tasks);
-    loop {
+    while !tasks.is_empty() {
         tokio::select! {
-            done = &mut all => {
-                for r in done {
-                    match r {
-                        Ok(Ok(mut s)) => samples.append(&mut s),
-                        Ok(Err(e)) => {
-                            counters.errors.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("tcp-user bench: {:?}: {e}", e.kind());
-                        }
-                        Err(e) => return Err(io::Error::other(e)),
-                    }
+            Some(done) = tasks.join_next() => match done {
+                Ok(Ok(mut s)) => samples.append(&mut s),
+                Ok(Err(e)) => {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("tcp-user bench: {:?}: {e}", e.kind());
                 }
-                break;
-            }
+                Err(e) => return Err(io::Error::other(e)),
+            },
             _ = tick.tick() => progress(
                 start.elapsed(),
                 counters.bytes.load(Ordering::Relaxed),
@@ -292,24 +285,6 @@ pub async fn run(
         per_second: transactions as f64 / seconds,
         latency: latency(samples),
         errors: counters.errors.load(Ordering::Relaxed),
-    })
-}
-
-/// Awaits every task (a tiny join_all, to avoid a dependency).
-fn futures_join<T>(
-    tasks: Vec<tokio::task::JoinHandle<T>>,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Vec<Result<T, tokio::task::JoinError>>> + Send>,
->
-where
-    T: Send + 'static,
-{
-    Box::pin(async move {
-        let mut out = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            out.push(t.await);
-        }
-        out
     })
 }
 

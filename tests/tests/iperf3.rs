@@ -71,10 +71,7 @@ fn stock_iperf3_client_runs_its_tests_against_the_endpoint() {
 
     // Every test's connections were served by the endpoint.
     let c = &ep.stat()["counters"];
-    assert!(
-        c["conns_accepted"].as_u64().unwrap() >= 4 + 2 + 2 + 3 + 1,
-        "{c}"
-    );
+    assert!(c["conns_accepted"].as_u64().unwrap() > 4 + 2 + 2 + 3, "{c}");
 }
 
 #[test]
