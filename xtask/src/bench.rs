@@ -1,10 +1,14 @@
 //! `cargo xtask bench`: the endpoint against the Linux kernel's own TCP
 //! server, same topology, same client, same pinning, alternated run by run.
 //!
-//! Topology: two network namespaces joined by one veth pair with one queue
-//! pair; the server (either one) on CPU 1 together with the server veth's
-//! threaded NAPI kthread, the client on CPU 0. Loss is random drops by
-//! nftables in the client's namespace, on the workload's port, each way.
+//! Topology: the server's and the client's network namespaces on one
+//! Ethernet segment through a bridge in a third namespace (veths with one
+//! queue pair each); the server (either one) on CPU 1 together with the
+//! server veth's threaded NAPI kthread, the client on CPU 0. Loss is random
+//! drops by nftables on the bridge, on the workload's port, each way: a
+//! drop inside the client's own stack would not be loss (its TCP learns of
+//! a netfilter drop on its output path from the return code and sends the
+//! segment again at once, so no hole ever reaches the server).
 //!
 //! The kernel server and the client are hidden subcommands of xtask
 //! (`bench-server`, `bench-client`), so that both sides are plain blocking
@@ -30,6 +34,10 @@ use crate::{build, is_root, root, say, status, CHILD, STOP};
 
 const NS_SRV: &str = "tcpu-bench-srv";
 const NS_CLI: &str = "tcpu-bench-cli";
+const NS_MID: &str = "tcpu-bench-mid";
+/// The bridge's ports, peers of IF_SRV and IF_CLI.
+const PORT_SRV: &str = "tb-srvp";
+const PORT_CLI: &str = "tb-clip";
 const IF_SRV: &str = "tb-srv0";
 const IF_CLI: &str = "tb-cli0";
 const SUBNET: &str = "198.18.200.0/24";
@@ -570,34 +578,43 @@ impl BenchTopology {
     fn create() -> Result<BenchTopology> {
         BenchTopology::remove();
         say(format!(
-            "creating the bench topology: netns {NS_SRV} ({SRV_ADDR}, CPU {SRV_CPU}) <-veth-> {NS_CLI} ({CLI_ADDR}, CPU {CLI_CPU})"
+            "creating the bench topology: netns {NS_SRV} ({SRV_ADDR}, CPU {SRV_CPU}) <-bridge-> {NS_CLI} ({CLI_ADDR}, CPU {CLI_CPU})"
         ));
         let topo = BenchTopology;
         let ip = |args: &[&str]| status(Command::new("ip").args(args));
-        ip(&["netns", "add", NS_SRV])?;
-        ip(&["netns", "add", NS_CLI])?;
-        ip(&[
-            "link",
-            "add",
-            IF_SRV,
-            "numrxqueues",
-            "1",
-            "numtxqueues",
-            "1",
-            "netns",
-            NS_SRV,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            IF_CLI,
-            "numrxqueues",
-            "1",
-            "numtxqueues",
-            "1",
-            "netns",
-            NS_CLI,
-        ])?;
+        for ns in [NS_SRV, NS_CLI, NS_MID] {
+            ip(&["netns", "add", ns])?;
+        }
+        for (ns, dev, port) in [(NS_SRV, IF_SRV, PORT_SRV), (NS_CLI, IF_CLI, PORT_CLI)] {
+            ip(&[
+                "link",
+                "add",
+                dev,
+                "numrxqueues",
+                "1",
+                "numtxqueues",
+                "1",
+                "netns",
+                ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "numrxqueues",
+                "1",
+                "numtxqueues",
+                "1",
+                "netns",
+                NS_MID,
+            ])?;
+        }
+        ip(&["-n", NS_MID, "link", "add", "br0", "type", "bridge"])?;
+        for port in [PORT_SRV, PORT_CLI] {
+            ip(&["-n", NS_MID, "link", "set", port, "master", "br0"])?;
+            ip(&["-n", NS_MID, "link", "set", port, "up"])?;
+        }
+        ip(&["-n", NS_MID, "link", "set", "br0", "up"])?;
         ip(&[
             "-n",
             NS_SRV,
@@ -634,20 +651,9 @@ impl BenchTopology {
                     .stdout(Stdio::null()),
             )?;
         }
-        // The loss rules must see single segments. The client's TCP builds
-        // GSO packets of ~10 segments that are cut up only after nftables's
-        // output hook (measured: 1008 packets for 11586 segments), so "1 %"
-        // would drop 1 % of bursts; one segment per packet makes it 1 % of
-        // segments. Its input hook sees single segments as long as its veth
-        // does no GRO (the default, made explicit).
-        ip(&["-n", NS_CLI, "link", "set", IF_CLI, "gso_max_segs", "1"])?;
-        status(
-            Command::new("ip")
-                .args([
-                    "netns", "exec", NS_CLI, "ethtool", "-K", IF_CLI, "gro", "off",
-                ])
-                .stdout(Stdio::null()),
-        )?;
+        // The bridge sees single segments: with checksum offload off the
+        // client's veth cannot take GSO packets, so they are cut up in its
+        // transmit path, before they cross to the bridge.
         // The kernel server's minimum RTO, comparable to the endpoint's
         // --min-rto-ms (a route metric; the endpoint ignores routes).
         ip(&[
@@ -690,7 +696,7 @@ impl BenchTopology {
     }
 
     fn remove() {
-        for ns in [NS_SRV, NS_CLI] {
+        for ns in [NS_SRV, NS_CLI, NS_MID] {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
@@ -706,8 +712,8 @@ impl Drop for BenchTopology {
     }
 }
 
-/// nftables rules in the client's namespace dropping `pct` % of the
-/// workload's segments each way; removed on drop.
+/// nftables rules on the bridge dropping `pct` % of the workload's
+/// segments each way; removed on drop.
 struct LossRules;
 
 impl LossRules {
@@ -717,13 +723,14 @@ impl LossRules {
             return Ok(LossRules);
         }
         let rules = format!(
-            "table inet {LOSS_TABLE} {{\n\
-             chain in {{ type filter hook input priority 0; tcp sport {port} numgen random mod 100 < {pct} drop; }}\n\
-             chain out {{ type filter hook output priority 0; tcp dport {port} numgen random mod 100 < {pct} drop; }}\n\
+            "table bridge {LOSS_TABLE} {{\n\
+             chain forward {{ type filter hook forward priority 0;\n\
+             tcp sport {port} numgen random mod 100 < {pct} drop;\n\
+             tcp dport {port} numgen random mod 100 < {pct} drop; }}\n\
              }}\n"
         );
         let mut nft = Command::new("ip")
-            .args(["netns", "exec", NS_CLI, "nft", "-f", "-"])
+            .args(["netns", "exec", NS_MID, "nft", "-f", "-"])
             .stdin(Stdio::piped())
             .spawn()
             .context("running nft")?;
@@ -740,7 +747,7 @@ impl LossRules {
     fn remove() {
         let _ = Command::new("ip")
             .args([
-                "netns", "exec", NS_CLI, "nft", "delete", "table", "inet", LOSS_TABLE,
+                "netns", "exec", NS_MID, "nft", "delete", "table", "bridge", LOSS_TABLE,
             ])
             .stderr(Stdio::null())
             .status();
