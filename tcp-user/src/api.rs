@@ -872,13 +872,53 @@ macro_rules! halves {
 }
 
 /// The reading half of a [`TcpStream::split`].
+///
+/// ```no_run
+/// # async fn demo(mut stream: tcp_user::api::TcpStream) -> std::io::Result<()> {
+/// // Echo on one task: copy what the reading half gets to the writing half.
+/// let (mut rx, mut tx) = stream.split();
+/// tokio::io::copy(&mut rx, &mut tx).await?;
+/// # Ok(()) }
+/// ```
 pub struct ReadHalf<'a>(&'a StreamInner);
-/// The writing half of a [`TcpStream::split`].
+/// The writing half of a [`TcpStream::split`]; see [`ReadHalf`].
+///
+/// ```no_run
+/// # async fn demo(mut stream: tcp_user::api::TcpStream) -> std::io::Result<()> {
+/// use tokio::io::AsyncWriteExt;
+/// let (_rx, mut tx) = stream.split();
+/// tx.write_all(b"bye").await?;
+/// tx.shutdown().await?; // FIN: the peer reads end of stream
+/// # Ok(()) }
+/// ```
 pub struct WriteHalf<'a>(&'a StreamInner);
-/// The reading half of a [`TcpStream::into_split`].
+/// The reading half of a [`TcpStream::into_split`], for another task.
+///
+/// ```no_run
+/// # async fn demo(stream: tcp_user::api::TcpStream) -> std::io::Result<()> {
+/// use tokio::io::AsyncReadExt;
+/// let (mut rx, _tx) = stream.into_split();
+/// let reader = tokio::spawn(async move {
+///     let mut all = Vec::new();
+///     rx.read_to_end(&mut all).await.map(|_| all)
+/// });
+/// let received = reader.await??;
+/// # Ok(()) }
+/// ```
 pub struct OwnedReadHalf(Arc<StreamInner>);
 /// The writing half of a [`TcpStream::into_split`]; shutting it down sends
-/// a FIN.
+/// a FIN. The connection closes when both halves are dropped.
+///
+/// ```no_run
+/// # async fn demo(stream: tcp_user::api::TcpStream) -> std::io::Result<()> {
+/// use tokio::io::AsyncWriteExt;
+/// let (_rx, mut tx) = stream.into_split();
+/// tokio::spawn(async move {
+///     tx.write_all(&[0u8; 1 << 20]).await?;
+///     tx.shutdown().await
+/// });
+/// # Ok(()) }
+/// ```
 pub struct OwnedWriteHalf(Arc<StreamInner>);
 
 halves!(ReadHalf<'_>, WriteHalf<'_>);
