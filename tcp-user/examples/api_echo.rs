@@ -10,6 +10,8 @@
 //!     Connects (active open through the endpoint), writes BYTES of a
 //!     pattern, half-closes, reads the echo and compares. Prints `OK BYTES`,
 //!     or `ERROR KIND: message` (KIND is the std::io::ErrorKind) and exits 1.
+//! api_echo abort IFACE ADDR:PORT
+//!     Connects, writes `ping`, then resets the connection (TcpStream::abort).
 //! ```
 //!
 //! Run as root (XDP, AF_XDP), e.g. in the namespaces `cargo xtask run`
@@ -24,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: api_echo serve IFACE PORT\n       api_echo connect IFACE ADDR:PORT BYTES [SYN_RETRIES]"
+        "usage: api_echo serve IFACE PORT\n       api_echo connect IFACE ADDR:PORT BYTES [SYN_RETRIES]\n       api_echo abort IFACE ADDR:PORT"
     );
     ExitCode::from(2)
 }
@@ -60,8 +62,26 @@ fn main() -> ExitCode {
             };
             report(rt.block_on(connect(iface, addr, bytes, syn_retries)))
         }
+        ["abort", iface, addr] => {
+            let Ok(addr) = addr.parse::<SocketAddrV4>() else {
+                return usage();
+            };
+            report(rt.block_on(abort(iface, addr)))
+        }
         _ => usage(),
     }
+}
+
+async fn abort(iface: &str, addr: SocketAddrV4) -> std::io::Result<String> {
+    let endpoint = Endpoint::bind(EndpointConfig::new(iface)).await?;
+    let mut stream = endpoint.connect(addr).await?;
+    stream.write_all(b"ping").await?;
+    // Let the data go before the reset overtakes it.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stream.abort();
+    // The driver sends the RST on its next turn.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    Ok("OK aborted".into())
 }
 
 fn report(result: std::io::Result<String>) -> ExitCode {

@@ -176,3 +176,35 @@ fn connecting_without_a_route_says_so() {
     assert!(out.starts_with("ERROR NetworkUnreachable"), "{out}");
     assert!(out.contains("no route to 198.19.44.1"), "{out}");
 }
+
+#[test]
+fn abort_resets_the_kernel_peer() {
+    let topo = Topology::new("apia", 49);
+    let listen = SocketAddrV4::new(topo.cl_addr, 7011);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let server = topo.spawn_in_client(move || {
+        let l = TcpListener::bind(listen).expect("kernel listener");
+        ready_tx.send(()).unwrap();
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return (got, None),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, Some(e.kind())),
+            }
+        }
+    });
+    ready_rx.recv().unwrap();
+    let out = run_example(&topo, &["abort", &topo.ep_if, &listen.to_string()]);
+    assert_eq!(out.trim(), "OK aborted");
+    let (got, err) = server.join().unwrap();
+    assert_eq!(got, b"ping");
+    assert_eq!(
+        err,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "an abort is a RST, not a FIN"
+    );
+}
