@@ -460,6 +460,7 @@ fn run(iface: Option<String>, release: bool, args: Vec<String>) -> Result<()> {
                 eprintln!("  echo:     sudo ip netns exec {DEMO_CL} nc 198.18.0.1 7");
                 eprintln!("  discard:  sudo ip netns exec {DEMO_CL} nc 198.18.0.1 9");
                 eprintln!("  daytime:  sudo ip netns exec {DEMO_CL} nc 198.18.0.1 13");
+                eprintln!("  iperf3:   sudo ip netns exec {DEMO_CL} iperf3 -c 198.18.0.1 -P 4");
                 eprintln!("Its connection table:");
                 eprintln!("  sudo ip netns exec {DEMO_EP} {b} stat --iface {iface_name}");
                 eprintln!("Press Ctrl-C to stop; the topology is removed on exit.");
