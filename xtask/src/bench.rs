@@ -163,6 +163,10 @@ impl Server {
 struct RunResult {
     secs: f64,
     mbps: f64,
+    /// CPU time the server spent over the client's run: the server
+    /// process (all its threads) plus the server veth's NAPI kthreads,
+    /// where the kernel's receive processing runs for both servers.
+    server_cpu_ms: f64,
     /// The endpoint's core counters after the run; for the kernel, its
     /// server namespace's TCP counters over the run (see `kernel_counters`).
     counters: BTreeMap<String, u64>,
@@ -234,11 +238,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 }
                 match &r {
                     Ok(r) => say(format!(
-                        "  run {} {:8}: {:8.1} Mbit/s ({:.2} s){}",
+                        "  run {} {:8}: {:8.1} Mbit/s ({:.2} s, server CPU {:.0} µs/MiB){}",
                         run + 1,
                         server.name(),
                         r.mbps,
                         r.secs,
+                        cpu_per_mib(r, w),
                         counters_note(&r.counters)
                     )),
                     Err(e) => {
@@ -268,6 +273,25 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         bail!("{failures} run(s) failed (see above and the JSON)");
     }
     Ok(())
+}
+
+/// Server CPU time per MiB moved (echo moves each MiB twice: counted once).
+fn cpu_per_mib(r: &RunResult, w: &Workload) -> f64 {
+    r.server_cpu_ms * 1e3 / (w.bytes as f64 / (1 << 20) as f64)
+}
+
+/// Median of the successful runs' server CPU µs per MiB.
+fn cpu_median(runs: &[Result<RunResult>], w: &Workload) -> Option<f64> {
+    let mut v: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|r| cpu_per_mib(r, w))
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
 }
 
 fn counters_note(c: &BTreeMap<String, u64>) -> String {
@@ -321,7 +345,10 @@ fn run_one(
         Server::Endpoint => BTreeMap::new(),
         Server::Kernel => kernel_mib()?,
     };
+    let server_pid = proc.pid();
+    let cpu_before = server_cpu_ns(server_pid)?;
     let secs = run_client(w, xtask)?;
+    let server_cpu_ms = server_cpu_ns(server_pid)?.saturating_sub(cpu_before) as f64 / 1e6;
     let counters = match server {
         Server::Endpoint => endpoint_counters(tcp_user, &control)?,
         Server::Kernel => kernel_counters(&before, &kernel_mib()?),
@@ -330,6 +357,7 @@ fn run_one(
     Ok(RunResult {
         secs,
         mbps: w.bytes as f64 * 8.0 / secs / 1e6,
+        server_cpu_ms,
         counters,
         load1,
     })
@@ -473,22 +501,56 @@ fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Pins the server veth's NAPI kthreads (`napi/<iface>-<id>`) to the
-/// server's CPU.
-fn pin_napi() -> Result<()> {
+/// The server veth's NAPI kthreads (`napi/<iface>-<id>`).
+fn napi_pids() -> Result<Vec<String>> {
     let out = Command::new("ps")
         .args(["-eo", "pid,comm"])
         .output()
         .context("running ps")?;
     let prefix = format!("napi/{IF_SRV}");
-    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             let pid = f.next()?;
             f.next()?.starts_with(&prefix).then(|| pid.to_owned())
         })
+        .collect())
+}
+
+/// Nanoseconds on a CPU of process `pid` (all its threads, also those
+/// that have exited: utime + stime of `/proc/PID/stat`, in clock ticks)
+/// plus the server veth's NAPI kthreads (`/proc/*/schedstat`, whose first
+/// field is the time spent running in ns).
+fn server_cpu_ns(pid: u32) -> Result<u64> {
+    // Linux's USER_HZ is 100 on every architecture it exports it for.
+    const NS_PER_TICK: u64 = 10_000_000;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name, which may contain spaces: state is
+    // the first, utime the 12th and stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
         .collect();
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let mut total = ticks * NS_PER_TICK;
+    for p in napi_pids()? {
+        let text = std::fs::read_to_string(format!("/proc/{p}/schedstat")).unwrap_or_default();
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Pins the server veth's NAPI kthreads (`napi/<iface>-<id>`) to the
+/// server's CPU.
+fn pin_napi() -> Result<()> {
+    let pids = napi_pids()?;
     if pids.is_empty() {
         bail!("no NAPI kthread for {IF_SRV} (threaded NAPI not in effect?)");
     }
@@ -538,6 +600,11 @@ impl ServerProc {
                 )
             }
         }
+    }
+
+    /// The server's pid (`ip netns exec` and `taskset` exec it in place).
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     fn stop(&mut self) {
@@ -789,12 +856,12 @@ fn print_table(report: &Report) {
     };
     println!();
     println!(
-        "{:<10} {:>5}  {:>24}  {:>24}  {:>9}",
-        "workload", "loss", "endpoint Mbit/s", "kernel Mbit/s", "ep/kernel"
+        "{:<10} {:>5}  {:>24}  {:>24}  {:>9}  {:>22}",
+        "workload", "loss", "endpoint Mbit/s", "kernel Mbit/s", "ep/kernel", "server CPU µs/MiB"
     );
     println!(
-        "{:<10} {:>5}  {:>24}  {:>24}  {:>9}",
-        "", "", "median [min–max]", "median [min–max]", ""
+        "{:<10} {:>5}  {:>24}  {:>24}  {:>9}  {:>22}",
+        "", "", "median [min–max]", "median [min–max]", "", "endpoint/kernel (ratio)"
     );
     for (w, results) in report {
         let ep = summary(results.get("endpoint").map(Vec::as_slice).unwrap_or(&[]));
@@ -803,13 +870,21 @@ fn print_table(report: &Report) {
             (Some(e), Some(k)) if k.0 > 0.0 => format!("{:.2}", e.0 / k.0),
             _ => "-".to_owned(),
         };
+        let cpu = match (
+            cpu_median(results.get("endpoint").map(Vec::as_slice).unwrap_or(&[]), w),
+            cpu_median(results.get("kernel").map(Vec::as_slice).unwrap_or(&[]), w),
+        ) {
+            (Some(e), Some(k)) if k > 0.0 => format!("{e:.0}/{k:.0} ({:.2})", e / k),
+            _ => "-".to_owned(),
+        };
         println!(
-            "{:<10} {:>4}%  {:>24}  {:>24}  {:>9}",
+            "{:<10} {:>4}%  {:>24}  {:>24}  {:>9}  {:>22}",
             w.direction.name(),
             w.loss_pct,
             cell(ep),
             cell(k),
-            ratio
+            ratio,
+            cpu
         );
     }
     println!();
@@ -829,6 +904,7 @@ fn to_json(args: &BenchArgs, report: &Report) -> Value {
             let mut servers = serde_json::Map::new();
             for (name, runs) in results {
                 let s = summary(runs);
+                let cpu = cpu_median(runs, w);
                 let runs: Vec<Value> = runs
                     .iter()
                     .map(|r| match r {
@@ -836,6 +912,8 @@ fn to_json(args: &BenchArgs, report: &Report) -> Value {
                             let mut o = json!({
                                 "secs": r.secs,
                                 "mbps": r.mbps,
+                                "server_cpu_ms": r.server_cpu_ms,
+                                "server_cpu_us_per_mib": cpu_per_mib(r, w),
                                 "load1": r.load1,
                             });
                             if !r.counters.is_empty() {
@@ -856,6 +934,7 @@ fn to_json(args: &BenchArgs, report: &Report) -> Value {
                         "median_mbps": s.map(|s| s.0),
                         "min_mbps": s.map(|s| s.1),
                         "max_mbps": s.map(|s| s.2),
+                        "median_server_cpu_us_per_mib": cpu,
                         "runs": runs,
                     }),
                 );
