@@ -154,6 +154,9 @@ pub(crate) struct Send {
     pub probe_at: Option<Instant>,
     /// The probe timer fired: the next transmission is a probe.
     pub tlp_pending: bool,
+    /// A probe of new data went out: one more full-sized segment follows
+    /// it, whatever cwnd says, so that the probe draws an immediate ACK.
+    pub tlp_follow: bool,
     /// A probe is out: (SND.MAX when it was sent, it was a retransmission).
     pub tlp_end: Option<(SeqNum, bool)>,
 }
@@ -203,6 +206,7 @@ impl Send {
             reorder_at: None,
             probe_at: None,
             tlp_pending: false,
+            tlp_follow: false,
             tlp_end: None,
         }
     }
@@ -442,6 +446,7 @@ impl Send {
             self.cc.on_congestion_event(now, flight);
             self.recover = Some(self.snd_max);
             self.tlp_end = None;
+            self.tlp_follow = false;
             self.fast_retx = self.sb.first_lost().map(|(start, _)| start);
         }
     }
@@ -584,6 +589,7 @@ impl Send {
         self.probe_at = None;
         self.reorder_at = None;
         self.tlp_pending = false;
+        self.tlp_follow = false;
         self.tlp_end = None;
         if zero_window_probe {
             self.probe_pending = true;
@@ -1511,6 +1517,7 @@ fn emit_data(
     };
     let cwnd = snd.cc.cwnd().max(snd.smss.min(mss)) + limited;
     let probe = std::mem::take(&mut snd.tlp_pending);
+    let follow = std::mem::take(&mut snd.tlp_follow) && !probe;
     if sack {
         // RFC 6675 NextSeg rule 1: the lowest lost segment first, when the
         // congestion window has room for it.
@@ -1547,8 +1554,8 @@ fn emit_data(
     // §7.3).
     let in_flight_bytes = snd.snd_nxt.diff(snd.snd_una).max(0) as usize;
     let rwnd_room = (snd.snd_wnd as usize).saturating_sub(in_flight_bytes);
-    let cwnd_room = if probe {
-        mss
+    let cwnd_room = if probe || (follow && unsent >= mss) {
+        mss.max(cwnd.saturating_sub(pipe))
     } else {
         cwnd.saturating_sub(pipe)
     };
@@ -1652,6 +1659,19 @@ fn emit_data(
         stats.probe = true;
         snd.tlp_end = Some((snd.snd_max, false));
         snd.retx_at = Some(now + snd.rto);
+        // The probe exists to draw an ACK, but one in-order segment after
+        // everything the peer already acknowledged need not draw one soon:
+        // RFC 5681 §4.2 lets a receiver delay the ACK of a lone full-sized
+        // segment (up to 500 ms; Linux waits 40 ms and more, longer than a
+        // small RTO). That is the common tail here: the data all arrived
+        // and the one ACK covering it was lost. A second full-sized
+        // segment makes the ACK due at once (an ACK "for at least every
+        // second full-sized segment"), and if anything before the probe
+        // was lost the probe is out of order and is acknowledged at once
+        // anyway. So the probe is two segments when two are ready.
+        snd.tlp_follow = n == mss && unsent >= 2 * mss && rwnd_room >= 2 * mss;
+    } else if follow {
+        snd.tlp_end = Some((snd.snd_max, false));
     }
     snd.arm_probe(now);
     rcv.ack_sent();

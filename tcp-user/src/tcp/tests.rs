@@ -1901,11 +1901,13 @@ mod sack_rack_timestamps {
         let probe = out(&mut p);
         assert_eq!(counter(&p, "tail_loss_probes"), 1, "{probe:?}");
         assert_eq!(counter(&p, "rto_expirations"), 0);
-        assert_eq!(probe.len(), 1);
         // New data was waiting and the peer's window had room: the probe
-        // carries it (RFC 8985 §7.3).
+        // carries it (RFC 8985 §7.3), two full-sized segments so that a
+        // delayed-ACK receiver answers at once.
+        assert_eq!(probe.len(), 2, "{probe:?}");
         assert_eq!(probe[0].seq, top, "the probe is new data");
-        let top = probe[0].seq + probe[0].len;
+        assert_eq!(probe[1].seq, probe[0].seq + probe[0].len);
+        let top = probe[1].seq + probe[1].len;
         // Its SACK, 10 ms later, shows everything before it missing: RACK
         // marks those lost and recovery resends them, still no timeout.
         p.advance(Duration::from_millis(10));
@@ -1922,6 +1924,74 @@ mod sack_rack_timestamps {
         assert_eq!(o.first().map(|s| s.seq), Some(seg(8)), "{o:?}");
         assert_eq!(counter(&p, "rto_expirations"), 0);
         assert!(info(&p).recovering);
+    }
+
+    /// The tail seen on a veth with 5 % loss against a Linux receiver: the
+    /// peer got the whole flight, but the one ACK covering it was lost. A
+    /// probe of one new segment would be a lone in-order full-sized
+    /// segment, whose ACK a receiver may delay (RFC 5681 §4.2; Linux holds
+    /// it 40 ms and more, past a 20 ms RTO). The probe is two segments, so
+    /// the ACK is due at once and no timeout follows.
+    #[test]
+    fn a_probe_of_new_data_is_two_full_segments_so_a_delayed_ack_peer_answers() {
+        let (mut p, c, our_ts) = open(true);
+        p.stack.send(p.now, c, &[7; 48 * 1024]).unwrap();
+        let first = out(&mut p);
+        assert_eq!(first.len(), 10, "initial window");
+        let mss = first[0].len;
+        let top = first.iter().map(|s| s.seq + s.len).max().unwrap();
+        // All ten arrive and are acknowledged.
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, top, &[], Some((110, our_ts.unwrap())), &[], false);
+        let second = out(&mut p);
+        assert!(second.len() >= 4, "{second:?}");
+        let top = second.iter().map(|s| s.seq + s.len).max().unwrap();
+        // These arrive too, but the peer's ACK of them is lost: silence.
+        p.advance(Duration::from_millis(25));
+        let probe = out(&mut p);
+        assert_eq!(counter(&p, "tail_loss_probes"), 1, "{probe:?}");
+        assert_eq!(
+            probe.iter().map(|s| (s.seq, s.len)).collect::<Vec<_>>(),
+            [(top, mss), (top + mss, mss)],
+            "two full-sized segments of new data"
+        );
+        // Nothing more goes until the probe is answered.
+        assert!(out(&mut p).is_empty());
+        // Two full-sized segments: the peer acknowledges everything at once.
+        p.advance(Duration::from_millis(10));
+        let end = top + 2 * mss;
+        p.seg(ACK, p.seq, end, &[], Some((120, probe[1].ts.unwrap().0)), &[], false);
+        let more = out(&mut p);
+        assert!(!more.is_empty() && more[0].seq == end, "{more:?}");
+        assert_eq!(counter(&p, "rto_expirations"), 0);
+        assert!(!info(&p).recovering);
+    }
+
+    /// A probe is two segments only when two full-sized ones are ready: one
+    /// short tail goes alone, as RFC 8985 §7.3 has it.
+    #[test]
+    fn a_short_tail_is_probed_with_one_segment() {
+        let (mut p, c, our_ts) = open(true);
+        p.stack.set_nodelay(c, true).unwrap();
+        p.stack.send(p.now, c, &[7; 10 * 1448]).unwrap();
+        let first = out(&mut p);
+        assert_eq!(first.len(), 10, "initial window");
+        let top = first.iter().map(|s| s.seq + s.len).max().unwrap();
+        // Two thirds of a segment more, written while the ten are out.
+        p.stack.send(p.now, c, &[8; 1000]).unwrap();
+        assert!(out(&mut p).is_empty(), "cwnd is full");
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, first[8].seq, &[], Some((110, our_ts.unwrap())), &[], false);
+        let o = out(&mut p);
+        assert_eq!(
+            o.iter().map(|s| (s.seq, s.len)).collect::<Vec<_>>(),
+            [(top, 1000)],
+            "the short tail"
+        );
+        p.advance(Duration::from_millis(25));
+        let probe = out(&mut p);
+        assert_eq!(counter(&p, "tail_loss_probes"), 1, "{probe:?}");
+        assert_eq!(probe.len(), 1, "{probe:?}");
     }
 
     #[test]
