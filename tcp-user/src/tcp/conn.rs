@@ -157,8 +157,23 @@ pub(crate) struct Send {
     /// A probe of new data went out: one more full-sized segment follows
     /// it, whatever cwnd says, so that the probe draws an immediate ACK.
     pub tlp_follow: bool,
+    /// After a first retransmission timeout with timestamps: the TSval of
+    /// the retransmission (no earlier than this) and what the sender was
+    /// before the timeout, to go back to if it proves spurious (RFC 3522
+    /// detection, RFC 4015 response).
+    pub rto_undo: Option<RtoUndo>,
+    /// Timeouts found spurious and undone.
+    pub spurious_rtos: u64,
     /// A probe is out: (SND.MAX when it was sent, it was a retransmission).
     pub tlp_end: Option<(SeqNum, bool)>,
+}
+
+/// The sender's state just before a retransmission timeout.
+pub struct RtoUndo {
+    tsval: u32,
+    cc: Box<dyn CongestionControl>,
+    recover: Option<SeqNum>,
+    rto_recovery: bool,
 }
 
 impl Send {
@@ -207,6 +222,8 @@ impl Send {
             probe_at: None,
             tlp_pending: false,
             tlp_follow: false,
+            rto_undo: None,
+            spurious_rtos: 0,
             tlp_end: None,
         }
     }
@@ -372,6 +389,22 @@ impl Send {
         }
         self.dupacks = 0;
         self.retries = 0;
+        // RFC 3522: the first ACK of new data after a timeout echoes a
+        // TSval older than the retransmission's: the original arrived and
+        // the timeout was spurious (on this path: a delayed or lost ACK).
+        // RFC 4015's response: the window and recovery state go back to
+        // what they were before it, and what the timeout marked lost is no
+        // longer resent; RACK marks again what really is lost.
+        if let Some(undo) = self.rto_undo.take() {
+            let ecr = seg.options.timestamps.map_or(0, |(_, ecr)| ecr);
+            if ecr != 0 && (undo.tsval.wrapping_sub(ecr) as i32) > 0 && self.sack_offer {
+                self.cc = undo.cc;
+                self.recover = undo.recover;
+                self.rto_recovery = undo.rto_recovery;
+                self.sb.undo_timeout();
+                self.spurious_rtos += 1;
+            }
+        }
         // RFC 6298 §5.2–5.3: all acknowledged → stop the timer, else restart it.
         self.retx_at = (self.snd_una != self.snd_max).then(|| now + self.rto);
         if self.sack_offer {
@@ -599,6 +632,15 @@ impl Send {
             // growing by slow start; SACKed data is not resent (unless the
             // peer seems to have reneged). Recovery lasts until all that was
             // outstanding is acknowledged, with no further reduction.
+            self.rto_undo = match self.ts_offset {
+                Some(offset) if self.retries == 1 => Some(RtoUndo {
+                    tsval: tsval(now, offset),
+                    cc: self.cc.boxed_clone(),
+                    recover: self.recover,
+                    rto_recovery: self.rto_recovery,
+                }),
+                _ => None,
+            };
             let flight = self.flight();
             self.cc
                 .on_rto(now, flight, kind == TimerKind::RetransmissionRepeated);

@@ -1967,6 +1967,63 @@ mod sack_rack_timestamps {
         assert!(!info(&p).recovering);
     }
 
+    /// Everything sent arrives, but every ACK of it is lost, the probe's
+    /// too: the retransmission timer fires. (Segments sent, the probe, the
+    /// timeout's retransmission and its TSval, cwnd before the timeout.)
+    fn timeout_after_lost_acks(p: &mut Peer, c: ConnId, our_ts: u32) -> (u32, u32, u32, usize) {
+        p.stack.send(p.now, c, &[7; 48 * 1024]).unwrap();
+        let first = out(p);
+        let top = first.iter().map(|s| s.seq + s.len).max().unwrap();
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, top, &[], Some((110, our_ts)), &[], false);
+        let second = out(p);
+        let una = second[0].seq;
+        p.advance(Duration::from_millis(25));
+        let probe = out(p);
+        assert_eq!(counter(p, "tail_loss_probes"), 1, "{probe:?}");
+        let top = probe.iter().map(|s| s.seq + s.len).max().unwrap();
+        let probe_ts = probe[0].ts.unwrap().0;
+        let cwnd = info(p).cwnd;
+        // The RTO (the 200 ms minimum) runs from the probe.
+        p.advance(Duration::from_millis(250));
+        let again = out(p);
+        assert_eq!(counter(p, "rto_expirations"), 1);
+        assert_eq!(again.first().map(|s| s.seq), Some(una), "{again:?}");
+        assert!(info(p).cwnd < cwnd);
+        let _ = probe_ts;
+        (top, probe_ts, again[0].ts.unwrap().0, cwnd as usize)
+    }
+
+    /// RFC 3522 / RFC 4015: the ACK after the timeout echoes the probe's
+    /// TSval, older than the retransmission's: the originals had arrived,
+    /// the timeout was spurious, and its window reduction is undone.
+    #[test]
+    fn a_spurious_timeout_is_detected_by_the_echo_and_undone() {
+        let (mut p, c, our_ts) = open(true);
+        let (top, probe_ts, _, cwnd) = timeout_after_lost_acks(&mut p, c, our_ts.unwrap());
+        p.advance(Duration::from_millis(1));
+        p.seg(ACK, p.seq, top, &[], Some((130, probe_ts)), &[], false);
+        assert_eq!(counter(&p, "rto_undone"), 1);
+        let i = info(&p);
+        assert!(!i.recovering);
+        assert!(i.cwnd as usize >= cwnd, "cwnd back: {} < {cwnd}", i.cwnd);
+        // New data goes out with the window of before, not one segment.
+        let o = out(&mut p);
+        assert!(o.len() >= 4 && o[0].seq == top, "{o:?}");
+    }
+
+    /// The same with the echo of the retransmission: the original was
+    /// lost, the timeout was real, and nothing is undone.
+    #[test]
+    fn a_timeout_repaired_by_its_retransmission_is_not_undone() {
+        let (mut p, c, our_ts) = open(true);
+        let (top, _, retx_ts, cwnd) = timeout_after_lost_acks(&mut p, c, our_ts.unwrap());
+        p.advance(Duration::from_millis(1));
+        p.seg(ACK, p.seq, top, &[], Some((130, retx_ts)), &[], false);
+        assert_eq!(counter(&p, "rto_undone"), 0);
+        assert!((info(&p).cwnd as usize) < cwnd);
+    }
+
     /// A probe is two segments only when two full-sized ones are ready: one
     /// short tail goes alone, as RFC 8985 §7.3 has it.
     #[test]
