@@ -425,7 +425,7 @@ congestion = "newreno"
             ("\n\n[tcp]\nmsl_ms = 0\n", "config /etc/tcp-user.toml:4: key `tcp.msl_ms`: must be at least 1 ms"),
             ("[tcp]\nmsl_ms = \"long\"\n", "config /etc/tcp-user.toml:2: key `tcp.msl_ms`: invalid type: string \"long\", expected u64"),
             ("colour = 1\n", "config /etc/tcp-user.toml:1: key `colour`: unknown field `colour`"),
-            ("[[service]]\nname = \"qotd\"\nport = 17\n", "config /etc/tcp-user.toml:2: key `service.name`: unknown service 'qotd' (known: echo, discard, daytime, chargen)"),
+            ("[[service]]\nname = \"qotd\"\nport = 17\n", "config /etc/tcp-user.toml:2: key `service.name`: unknown service 'qotd' (known: echo, discard, daytime, chargen, iperf3)"),
             ("[[service]]\nname = \"echo\"\nport = 0\n", "config /etc/tcp-user.toml:3: key `service.port`: port 0 cannot be served"),
             ("[[service]]\nname = \"echo\"\nport = 70000\n", "config /etc/tcp-user.toml:3: key `service.port`: invalid value"),
             ("[tcp]\ncongestion = \"bbr\"\n", "config /etc/tcp-user.toml:2: key `tcp.congestion`: \"bbr\" is not available (supported: cubic, newreno)"),
