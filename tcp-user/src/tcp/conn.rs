@@ -488,11 +488,22 @@ impl Send {
     /// in flight, no recovery and no probe outstanding, a tail-loss probe
     /// is due in two smoothed RTTs (longer when a single segment may wait
     /// for a delayed ACK), unless the retransmission timer comes first.
+    ///
+    /// Unlike §7.2 the probe is armed in fast recovery too, once every
+    /// segment deemed lost has been resent: RACK repairs further losses
+    /// only while ACKs arrive, and with a small window the last
+    /// retransmission is often answered by a single ACK. When that ACK or
+    /// the retransmission is lost, the ACK clock stops and without a probe
+    /// only the retransmission timer (a collapse of the window, and most
+    /// often a spurious one) would end the wait. The probe (new data, or
+    /// the last segment) arrives out of order or as two segments and is
+    /// acknowledged at once; its SACK lets RACK find a lost retransmission.
     pub fn arm_probe(&mut self, now: Instant) {
         self.probe_at = None;
+        let recovering = self.recover.is_some();
         if !self.sack_offer
             || !self.syn_acked()
-            || self.recover.is_some()
+            || (recovering && (self.rto_recovery || self.sb.lost_bytes() > 0))
             || self.tlp_end.is_some()
             || self.reorder_at.is_some()
             || self.snd_una == self.snd_max
@@ -1781,6 +1792,9 @@ fn emit_retransmission(
         .on_transmit(start, start + n as u32 + fin as u32, now);
     // RFC 6298 §5.1: the timer runs while data is outstanding.
     snd.retx_at.get_or_insert(now + snd.rto);
+    if snd.recover.is_some() {
+        snd.arm_probe(now);
+    }
     rcv.ack_sent();
     Some(len)
 }

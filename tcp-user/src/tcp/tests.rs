@@ -2024,6 +2024,40 @@ mod sack_rack_timestamps {
         assert!((info(&p).cwnd as usize) < cwnd);
     }
 
+    /// Fast recovery with a small window: the retransmission fills the
+    /// hole and the one ACK covering everything is lost. Every lost segment
+    /// has been resent, the ACK clock has stopped: a probe goes two SRTTs
+    /// later, not the retransmission timer.
+    #[test]
+    fn a_stalled_fast_recovery_is_probed_before_the_timer() {
+        let (mut p, _c, base, mss) = ten_out(false);
+        let seg = |i: u32| base + i * mss;
+        p.seg(ACK, p.seq, seg(1), &[], None, &[], false);
+        let _ = out(&mut p);
+        p.seg(ACK, p.seq, seg(1), &[], None, &[(seg(2), seg(5))], false);
+        let o = out(&mut p);
+        assert_eq!(o.first().map(|s| s.seq), Some(seg(1)), "{o:?}");
+        assert!(info(&p).recovering);
+        let top = o
+            .iter()
+            .map(|s| s.seq + s.len)
+            .max()
+            .unwrap()
+            .max(seg(10));
+        // The rest arrives, the ACKs saying so are lost. Two SRTTs (20 ms)
+        // later, well before the 200 ms RTO, a probe goes.
+        p.advance(Duration::from_millis(25));
+        let probe = out(&mut p);
+        assert_eq!(counter(&p, "tail_loss_probes"), 1, "{probe:?}");
+        assert!(!probe.is_empty() && probe.iter().all(|s| s.len > 0));
+        let end = probe.iter().map(|s| s.seq + s.len).max().unwrap().max(top);
+        // The peer answers it at once: recovery ends, no timeout.
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, end, &[], None, &[], false);
+        assert_eq!(counter(&p, "rto_expirations"), 0);
+        assert!(!info(&p).recovering);
+    }
+
     /// A probe is two segments only when two full-sized ones are ready: one
     /// short tail goes alone, as RFC 8985 §7.3 has it.
     #[test]
