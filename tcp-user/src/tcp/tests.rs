@@ -1990,8 +1990,7 @@ mod sack_rack_timestamps {
         assert_eq!(counter(p, "rto_expirations"), 1);
         assert_eq!(again.first().map(|s| s.seq), Some(una), "{again:?}");
         assert!(info(p).cwnd < cwnd);
-        let _ = probe_ts;
-        (top, probe_ts, again[0].ts.unwrap().0, cwnd as usize)
+        (top, probe_ts, again[0].ts.unwrap().0, cwnd)
     }
 
     /// RFC 3522 / RFC 4015: the ACK after the timeout echoes the probe's
@@ -2006,7 +2005,7 @@ mod sack_rack_timestamps {
         assert_eq!(counter(&p, "rto_undone"), 1);
         let i = info(&p);
         assert!(!i.recovering);
-        assert!(i.cwnd as usize >= cwnd, "cwnd back: {} < {cwnd}", i.cwnd);
+        assert!(i.cwnd >= cwnd, "cwnd back: {} < {cwnd}", i.cwnd);
         // New data goes out with the window of before, not one segment.
         let o = out(&mut p);
         assert!(o.len() >= 4 && o[0].seq == top, "{o:?}");
@@ -2021,7 +2020,7 @@ mod sack_rack_timestamps {
         p.advance(Duration::from_millis(1));
         p.seg(ACK, p.seq, top, &[], Some((130, retx_ts)), &[], false);
         assert_eq!(counter(&p, "rto_undone"), 0);
-        assert!((info(&p).cwnd as usize) < cwnd);
+        assert!(info(&p).cwnd < cwnd);
     }
 
     /// Fast recovery with a small window: the retransmission fills the
