@@ -95,6 +95,9 @@ pub trait CongestionControl: std::fmt::Debug + Send {
     /// inflation of NewReno's fast recovery (the pipe estimate does that
     /// job: SACKed and lost bytes leave it).
     fn on_congestion_event(&mut self, now: Instant, flight: usize);
+    /// A copy of the whole state, to go back to when a reduction turns
+    /// out to have been spurious (RFC 4015).
+    fn boxed_clone(&self) -> Box<dyn CongestionControl>;
 }
 
 /// NewReno (RFC 5681 §3.1–3.2, RFC 6582), with appropriate byte counting
@@ -185,6 +188,10 @@ impl CongestionControl for NewReno {
         self.halve(flight);
         self.cwnd = self.ssthresh;
         self.acked_in_ca = 0;
+    }
+
+    fn boxed_clone(&self) -> Box<dyn CongestionControl> {
+        Box::new(self.clone())
     }
 }
 
@@ -329,6 +336,10 @@ impl CongestionControl for Cubic {
         // §4.6: cwnd = ssthresh = cwnd * beta_cubic.
         self.reduce();
         self.cwnd = self.ssthresh;
+    }
+
+    fn boxed_clone(&self) -> Box<dyn CongestionControl> {
+        Box::new(self.clone())
     }
 }
 

@@ -154,8 +154,26 @@ pub(crate) struct Send {
     pub probe_at: Option<Instant>,
     /// The probe timer fired: the next transmission is a probe.
     pub tlp_pending: bool,
+    /// A probe of new data went out: one more full-sized segment follows
+    /// it, whatever cwnd says, so that the probe draws an immediate ACK.
+    pub tlp_follow: bool,
+    /// After a first retransmission timeout with timestamps: the TSval of
+    /// the retransmission (no earlier than this) and what the sender was
+    /// before the timeout, to go back to if it proves spurious (RFC 3522
+    /// detection, RFC 4015 response).
+    pub rto_undo: Option<RtoUndo>,
+    /// Timeouts found spurious and undone.
+    pub spurious_rtos: u64,
     /// A probe is out: (SND.MAX when it was sent, it was a retransmission).
     pub tlp_end: Option<(SeqNum, bool)>,
+}
+
+/// The sender's state just before a retransmission timeout.
+pub struct RtoUndo {
+    tsval: u32,
+    cc: Box<dyn CongestionControl>,
+    recover: Option<SeqNum>,
+    rto_recovery: bool,
 }
 
 impl Send {
@@ -203,6 +221,9 @@ impl Send {
             reorder_at: None,
             probe_at: None,
             tlp_pending: false,
+            tlp_follow: false,
+            rto_undo: None,
+            spurious_rtos: 0,
             tlp_end: None,
         }
     }
@@ -368,6 +389,22 @@ impl Send {
         }
         self.dupacks = 0;
         self.retries = 0;
+        // RFC 3522: the first ACK of new data after a timeout echoes a
+        // TSval older than the retransmission's: the original arrived and
+        // the timeout was spurious (on this path: a delayed or lost ACK).
+        // RFC 4015's response: the window and recovery state go back to
+        // what they were before it, and what the timeout marked lost is no
+        // longer resent; RACK marks again what really is lost.
+        if let Some(undo) = self.rto_undo.take() {
+            let ecr = seg.options.timestamps.map_or(0, |(_, ecr)| ecr);
+            if ecr != 0 && (undo.tsval.wrapping_sub(ecr) as i32) > 0 && self.sack_offer {
+                self.cc = undo.cc;
+                self.recover = undo.recover;
+                self.rto_recovery = undo.rto_recovery;
+                self.sb.undo_timeout();
+                self.spurious_rtos += 1;
+            }
+        }
         // RFC 6298 §5.2–5.3: all acknowledged → stop the timer, else restart it.
         self.retx_at = (self.snd_una != self.snd_max).then(|| now + self.rto);
         if self.sack_offer {
@@ -442,6 +479,7 @@ impl Send {
             self.cc.on_congestion_event(now, flight);
             self.recover = Some(self.snd_max);
             self.tlp_end = None;
+            self.tlp_follow = false;
             self.fast_retx = self.sb.first_lost().map(|(start, _)| start);
         }
     }
@@ -450,11 +488,22 @@ impl Send {
     /// in flight, no recovery and no probe outstanding, a tail-loss probe
     /// is due in two smoothed RTTs (longer when a single segment may wait
     /// for a delayed ACK), unless the retransmission timer comes first.
+    ///
+    /// Unlike §7.2 the probe is armed in fast recovery too, once every
+    /// segment deemed lost has been resent: RACK repairs further losses
+    /// only while ACKs arrive, and with a small window the last
+    /// retransmission is often answered by a single ACK. When that ACK or
+    /// the retransmission is lost, the ACK clock stops and without a probe
+    /// only the retransmission timer (a collapse of the window, and most
+    /// often a spurious one) would end the wait. The probe (new data, or
+    /// the last segment) arrives out of order or as two segments and is
+    /// acknowledged at once; its SACK lets RACK find a lost retransmission.
     pub fn arm_probe(&mut self, now: Instant) {
         self.probe_at = None;
+        let recovering = self.recover.is_some();
         if !self.sack_offer
             || !self.syn_acked()
-            || self.recover.is_some()
+            || (recovering && (self.rto_recovery || self.sb.lost_bytes() > 0))
             || self.tlp_end.is_some()
             || self.reorder_at.is_some()
             || self.snd_una == self.snd_max
@@ -584,6 +633,7 @@ impl Send {
         self.probe_at = None;
         self.reorder_at = None;
         self.tlp_pending = false;
+        self.tlp_follow = false;
         self.tlp_end = None;
         if zero_window_probe {
             self.probe_pending = true;
@@ -593,6 +643,15 @@ impl Send {
             // growing by slow start; SACKed data is not resent (unless the
             // peer seems to have reneged). Recovery lasts until all that was
             // outstanding is acknowledged, with no further reduction.
+            self.rto_undo = match self.ts_offset {
+                Some(offset) if self.retries == 1 => Some(RtoUndo {
+                    tsval: tsval(now, offset),
+                    cc: self.cc.boxed_clone(),
+                    recover: self.recover,
+                    rto_recovery: self.rto_recovery,
+                }),
+                _ => None,
+            };
             let flight = self.flight();
             self.cc
                 .on_rto(now, flight, kind == TimerKind::RetransmissionRepeated);
@@ -1511,6 +1570,7 @@ fn emit_data(
     };
     let cwnd = snd.cc.cwnd().max(snd.smss.min(mss)) + limited;
     let probe = std::mem::take(&mut snd.tlp_pending);
+    let follow = std::mem::take(&mut snd.tlp_follow) && !probe;
     if sack {
         // RFC 6675 NextSeg rule 1: the lowest lost segment first, when the
         // congestion window has room for it.
@@ -1547,8 +1607,8 @@ fn emit_data(
     // §7.3).
     let in_flight_bytes = snd.snd_nxt.diff(snd.snd_una).max(0) as usize;
     let rwnd_room = (snd.snd_wnd as usize).saturating_sub(in_flight_bytes);
-    let cwnd_room = if probe {
-        mss
+    let cwnd_room = if probe || (follow && unsent >= mss) {
+        mss.max(cwnd.saturating_sub(pipe))
     } else {
         cwnd.saturating_sub(pipe)
     };
@@ -1652,6 +1712,19 @@ fn emit_data(
         stats.probe = true;
         snd.tlp_end = Some((snd.snd_max, false));
         snd.retx_at = Some(now + snd.rto);
+        // The probe exists to draw an ACK, but one in-order segment after
+        // everything the peer already acknowledged need not draw one soon:
+        // RFC 5681 §4.2 lets a receiver delay the ACK of a lone full-sized
+        // segment (up to 500 ms; Linux waits 40 ms and more, longer than a
+        // small RTO). That is the common tail here: the data all arrived
+        // and the one ACK covering it was lost. A second full-sized
+        // segment makes the ACK due at once (an ACK "for at least every
+        // second full-sized segment"), and if anything before the probe
+        // was lost the probe is out of order and is acknowledged at once
+        // anyway. So the probe is two segments when two are ready.
+        snd.tlp_follow = n == mss && unsent >= 2 * mss && rwnd_room >= 2 * mss;
+    } else if follow {
+        snd.tlp_end = Some((snd.snd_max, false));
     }
     snd.arm_probe(now);
     rcv.ack_sent();
@@ -1719,6 +1792,9 @@ fn emit_retransmission(
         .on_transmit(start, start + n as u32 + fin as u32, now);
     // RFC 6298 §5.1: the timer runs while data is outstanding.
     snd.retx_at.get_or_insert(now + snd.rto);
+    if snd.recover.is_some() {
+        snd.arm_probe(now);
+    }
     rcv.ack_sent();
     Some(len)
 }

@@ -365,6 +365,15 @@ impl Scoreboard {
         self.lost_bytes = self.segs.iter().filter(|s| s.lost).map(SentSeg::len).sum();
     }
 
+    /// A timeout turned out spurious (RFC 4015): what it marked lost is
+    /// in the network after all; RACK marks again what really is lost.
+    pub fn undo_timeout(&mut self) {
+        for seg in self.segs.iter_mut() {
+            seg.lost = false;
+        }
+        self.lost_bytes = 0;
+    }
+
     /// RFC 6675's pipe: of the `flight` bytes between SND.UNA and SND.MAX,
     /// those still in the network (neither SACKed nor lost; a lost segment
     /// that was retransmitted is in the network again).

@@ -38,6 +38,7 @@ counters! {
     rto_expirations,
     rto_in_recovery,
     rto_repeated,
+    rto_undone,
     persist_probes,
     rst_sent,
     rst_received,
@@ -608,7 +609,12 @@ impl Stack {
                 self.challenge_ack(now, id);
                 return;
             }
-            if snd.on_ack(now, seg, &cfg)
+            let spurious_before = snd.spurious_rtos;
+            let advanced = snd.on_ack(now, seg, &cfg);
+            if snd.spurious_rtos != spurious_before {
+                self.counters.rto_undone += 1;
+            }
+            if advanced
                 && c.want_writable
                 && snd.send_space() > 0
                 && !snd.fin_queued

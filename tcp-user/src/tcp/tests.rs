@@ -1901,11 +1901,13 @@ mod sack_rack_timestamps {
         let probe = out(&mut p);
         assert_eq!(counter(&p, "tail_loss_probes"), 1, "{probe:?}");
         assert_eq!(counter(&p, "rto_expirations"), 0);
-        assert_eq!(probe.len(), 1);
         // New data was waiting and the peer's window had room: the probe
-        // carries it (RFC 8985 §7.3).
+        // carries it (RFC 8985 §7.3), two full-sized segments so that a
+        // delayed-ACK receiver answers at once.
+        assert_eq!(probe.len(), 2, "{probe:?}");
         assert_eq!(probe[0].seq, top, "the probe is new data");
-        let top = probe[0].seq + probe[0].len;
+        assert_eq!(probe[1].seq, probe[0].seq + probe[0].len);
+        let top = probe[1].seq + probe[1].len;
         // Its SACK, 10 ms later, shows everything before it missing: RACK
         // marks those lost and recovery resends them, still no timeout.
         p.advance(Duration::from_millis(10));
@@ -1922,6 +1924,164 @@ mod sack_rack_timestamps {
         assert_eq!(o.first().map(|s| s.seq), Some(seg(8)), "{o:?}");
         assert_eq!(counter(&p, "rto_expirations"), 0);
         assert!(info(&p).recovering);
+    }
+
+    /// The tail seen on a veth with 5 % loss against a Linux receiver: the
+    /// peer got the whole flight, but the one ACK covering it was lost. A
+    /// probe of one new segment would be a lone in-order full-sized
+    /// segment, whose ACK a receiver may delay (RFC 5681 §4.2; Linux holds
+    /// it 40 ms and more, past a 20 ms RTO). The probe is two segments, so
+    /// the ACK is due at once and no timeout follows.
+    #[test]
+    fn a_probe_of_new_data_is_two_full_segments_so_a_delayed_ack_peer_answers() {
+        let (mut p, c, our_ts) = open(true);
+        p.stack.send(p.now, c, &[7; 48 * 1024]).unwrap();
+        let first = out(&mut p);
+        assert_eq!(first.len(), 10, "initial window");
+        let mss = first[0].len;
+        let top = first.iter().map(|s| s.seq + s.len).max().unwrap();
+        // All ten arrive and are acknowledged.
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, top, &[], Some((110, our_ts.unwrap())), &[], false);
+        let second = out(&mut p);
+        assert!(second.len() >= 4, "{second:?}");
+        let top = second.iter().map(|s| s.seq + s.len).max().unwrap();
+        // These arrive too, but the peer's ACK of them is lost: silence.
+        p.advance(Duration::from_millis(25));
+        let probe = out(&mut p);
+        assert_eq!(counter(&p, "tail_loss_probes"), 1, "{probe:?}");
+        assert_eq!(
+            probe.iter().map(|s| (s.seq, s.len)).collect::<Vec<_>>(),
+            [(top, mss), (top + mss, mss)],
+            "two full-sized segments of new data"
+        );
+        // Nothing more goes until the probe is answered.
+        assert!(out(&mut p).is_empty());
+        // Two full-sized segments: the peer acknowledges everything at once.
+        p.advance(Duration::from_millis(10));
+        let end = top + 2 * mss;
+        p.seg(ACK, p.seq, end, &[], Some((120, probe[1].ts.unwrap().0)), &[], false);
+        let more = out(&mut p);
+        assert!(!more.is_empty() && more[0].seq == end, "{more:?}");
+        assert_eq!(counter(&p, "rto_expirations"), 0);
+        assert!(!info(&p).recovering);
+    }
+
+    /// Everything sent arrives, but every ACK of it is lost, the probe's
+    /// too: the retransmission timer fires. (Segments sent, the probe, the
+    /// timeout's retransmission and its TSval, cwnd before the timeout.)
+    fn timeout_after_lost_acks(p: &mut Peer, c: ConnId, our_ts: u32) -> (u32, u32, u32, usize) {
+        p.stack.send(p.now, c, &[7; 48 * 1024]).unwrap();
+        let first = out(p);
+        let top = first.iter().map(|s| s.seq + s.len).max().unwrap();
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, top, &[], Some((110, our_ts)), &[], false);
+        let second = out(p);
+        let una = second[0].seq;
+        p.advance(Duration::from_millis(25));
+        let probe = out(p);
+        assert_eq!(counter(p, "tail_loss_probes"), 1, "{probe:?}");
+        let top = probe.iter().map(|s| s.seq + s.len).max().unwrap();
+        let probe_ts = probe[0].ts.unwrap().0;
+        let cwnd = info(p).cwnd;
+        // The RTO (the 200 ms minimum) runs from the probe.
+        p.advance(Duration::from_millis(250));
+        let again = out(p);
+        assert_eq!(counter(p, "rto_expirations"), 1);
+        assert_eq!(again.first().map(|s| s.seq), Some(una), "{again:?}");
+        assert!(info(p).cwnd < cwnd);
+        (top, probe_ts, again[0].ts.unwrap().0, cwnd)
+    }
+
+    /// RFC 3522 / RFC 4015: the ACK after the timeout echoes the probe's
+    /// TSval, older than the retransmission's: the originals had arrived,
+    /// the timeout was spurious, and its window reduction is undone.
+    #[test]
+    fn a_spurious_timeout_is_detected_by_the_echo_and_undone() {
+        let (mut p, c, our_ts) = open(true);
+        let (top, probe_ts, _, cwnd) = timeout_after_lost_acks(&mut p, c, our_ts.unwrap());
+        p.advance(Duration::from_millis(1));
+        p.seg(ACK, p.seq, top, &[], Some((130, probe_ts)), &[], false);
+        assert_eq!(counter(&p, "rto_undone"), 1);
+        let i = info(&p);
+        assert!(!i.recovering);
+        assert!(i.cwnd >= cwnd, "cwnd back: {} < {cwnd}", i.cwnd);
+        // New data goes out with the window of before, not one segment.
+        let o = out(&mut p);
+        assert!(o.len() >= 4 && o[0].seq == top, "{o:?}");
+    }
+
+    /// The same with the echo of the retransmission: the original was
+    /// lost, the timeout was real, and nothing is undone.
+    #[test]
+    fn a_timeout_repaired_by_its_retransmission_is_not_undone() {
+        let (mut p, c, our_ts) = open(true);
+        let (top, _, retx_ts, cwnd) = timeout_after_lost_acks(&mut p, c, our_ts.unwrap());
+        p.advance(Duration::from_millis(1));
+        p.seg(ACK, p.seq, top, &[], Some((130, retx_ts)), &[], false);
+        assert_eq!(counter(&p, "rto_undone"), 0);
+        assert!(info(&p).cwnd < cwnd);
+    }
+
+    /// Fast recovery with a small window: the retransmission fills the
+    /// hole and the one ACK covering everything is lost. Every lost segment
+    /// has been resent, the ACK clock has stopped: a probe goes two SRTTs
+    /// later, not the retransmission timer.
+    #[test]
+    fn a_stalled_fast_recovery_is_probed_before_the_timer() {
+        let (mut p, _c, base, mss) = ten_out(false);
+        let seg = |i: u32| base + i * mss;
+        p.seg(ACK, p.seq, seg(1), &[], None, &[], false);
+        let _ = out(&mut p);
+        p.seg(ACK, p.seq, seg(1), &[], None, &[(seg(2), seg(5))], false);
+        let o = out(&mut p);
+        assert_eq!(o.first().map(|s| s.seq), Some(seg(1)), "{o:?}");
+        assert!(info(&p).recovering);
+        let top = o
+            .iter()
+            .map(|s| s.seq + s.len)
+            .max()
+            .unwrap()
+            .max(seg(10));
+        // The rest arrives, the ACKs saying so are lost. Two SRTTs (20 ms)
+        // later, well before the 200 ms RTO, a probe goes.
+        p.advance(Duration::from_millis(25));
+        let probe = out(&mut p);
+        assert_eq!(counter(&p, "tail_loss_probes"), 1, "{probe:?}");
+        assert!(!probe.is_empty() && probe.iter().all(|s| s.len > 0));
+        let end = probe.iter().map(|s| s.seq + s.len).max().unwrap().max(top);
+        // The peer answers it at once: recovery ends, no timeout.
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, end, &[], None, &[], false);
+        assert_eq!(counter(&p, "rto_expirations"), 0);
+        assert!(!info(&p).recovering);
+    }
+
+    /// A probe is two segments only when two full-sized ones are ready: one
+    /// short tail goes alone, as RFC 8985 §7.3 has it.
+    #[test]
+    fn a_short_tail_is_probed_with_one_segment() {
+        let (mut p, c, our_ts) = open(true);
+        p.stack.set_nodelay(c, true).unwrap();
+        p.stack.send(p.now, c, &[7; 10 * 1448]).unwrap();
+        let first = out(&mut p);
+        assert_eq!(first.len(), 10, "initial window");
+        let top = first.iter().map(|s| s.seq + s.len).max().unwrap();
+        // Two thirds of a segment more, written while the ten are out.
+        p.stack.send(p.now, c, &[8; 1000]).unwrap();
+        assert!(out(&mut p).is_empty(), "cwnd is full");
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, first[8].seq, &[], Some((110, our_ts.unwrap())), &[], false);
+        let o = out(&mut p);
+        assert_eq!(
+            o.iter().map(|s| (s.seq, s.len)).collect::<Vec<_>>(),
+            [(top, 1000)],
+            "the short tail"
+        );
+        p.advance(Duration::from_millis(25));
+        let probe = out(&mut p);
+        assert_eq!(counter(&p, "tail_loss_probes"), 1, "{probe:?}");
+        assert_eq!(probe.len(), 1, "{probe:?}");
     }
 
     #[test]
