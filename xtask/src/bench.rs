@@ -1242,10 +1242,11 @@ mod tests {
 
     #[test]
     fn summary_takes_median_min_max_of_successes() {
-        let ok = |mbps| {
+        let ok = |mbps: f64| {
             Ok(RunResult {
                 secs: 1.0,
                 mbps,
+                server_cpu_ms: mbps * 10.0,
                 counters: BTreeMap::new(),
                 load1: 0.0,
             })
@@ -1253,6 +1254,15 @@ mod tests {
         let runs = vec![ok(3.0), Err(anyhow!("x")), ok(1.0), ok(2.0)];
         assert_eq!(summary(&runs), Some((2.0, 1.0, 3.0)));
         assert_eq!(summary(&[Err(anyhow!("x"))]), None);
+        // CPU per MiB: 20 ms over 2 MiB is 10,000 µs/MiB (the median run).
+        let w = Workload {
+            name: "t".into(),
+            direction: Direction::Upload,
+            loss_pct: 0,
+            bytes: 2 << 20,
+        };
+        assert_eq!(cpu_median(&runs, &w), Some(10_000.0));
+        assert_eq!(cpu_median(&[Err(anyhow!("x"))], &w), None);
     }
 
     #[test]

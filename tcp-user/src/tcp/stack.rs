@@ -614,11 +614,7 @@ impl Stack {
             if snd.spurious_rtos != spurious_before {
                 self.counters.rto_undone += 1;
             }
-            if advanced
-                && c.want_writable
-                && snd.send_space() > 0
-                && !snd.fin_queued
-            {
+            if advanced && c.want_writable && snd.send_space() > 0 && !snd.fin_queued {
                 c.want_writable = false;
                 self.events.push_back(Event::Writable(id));
             }

@@ -1942,7 +1942,15 @@ mod sack_rack_timestamps {
         let top = first.iter().map(|s| s.seq + s.len).max().unwrap();
         // All ten arrive and are acknowledged.
         p.advance(Duration::from_millis(10));
-        p.seg(ACK, p.seq, top, &[], Some((110, our_ts.unwrap())), &[], false);
+        p.seg(
+            ACK,
+            p.seq,
+            top,
+            &[],
+            Some((110, our_ts.unwrap())),
+            &[],
+            false,
+        );
         let second = out(&mut p);
         assert!(second.len() >= 4, "{second:?}");
         let top = second.iter().map(|s| s.seq + s.len).max().unwrap();
@@ -1960,7 +1968,15 @@ mod sack_rack_timestamps {
         // Two full-sized segments: the peer acknowledges everything at once.
         p.advance(Duration::from_millis(10));
         let end = top + 2 * mss;
-        p.seg(ACK, p.seq, end, &[], Some((120, probe[1].ts.unwrap().0)), &[], false);
+        p.seg(
+            ACK,
+            p.seq,
+            end,
+            &[],
+            Some((120, probe[1].ts.unwrap().0)),
+            &[],
+            false,
+        );
         let more = out(&mut p);
         assert!(!more.is_empty() && more[0].seq == end, "{more:?}");
         assert_eq!(counter(&p, "rto_expirations"), 0);
@@ -2037,12 +2053,7 @@ mod sack_rack_timestamps {
         let o = out(&mut p);
         assert_eq!(o.first().map(|s| s.seq), Some(seg(1)), "{o:?}");
         assert!(info(&p).recovering);
-        let top = o
-            .iter()
-            .map(|s| s.seq + s.len)
-            .max()
-            .unwrap()
-            .max(seg(10));
+        let top = o.iter().map(|s| s.seq + s.len).max().unwrap().max(seg(10));
         // The rest arrives, the ACKs saying so are lost. Two SRTTs (20 ms)
         // later, well before the 200 ms RTO, a probe goes.
         p.advance(Duration::from_millis(25));
@@ -2071,7 +2082,15 @@ mod sack_rack_timestamps {
         p.stack.send(p.now, c, &[8; 1000]).unwrap();
         assert!(out(&mut p).is_empty(), "cwnd is full");
         p.advance(Duration::from_millis(10));
-        p.seg(ACK, p.seq, first[8].seq, &[], Some((110, our_ts.unwrap())), &[], false);
+        p.seg(
+            ACK,
+            p.seq,
+            first[8].seq,
+            &[],
+            Some((110, our_ts.unwrap())),
+            &[],
+            false,
+        );
         let o = out(&mut p);
         assert_eq!(
             o.iter().map(|s| (s.seq, s.len)).collect::<Vec<_>>(),
