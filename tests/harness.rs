@@ -128,35 +128,7 @@ impl Topology {
             "netns",
             &t.cl_ns,
         ]);
-        sh(&[
-            "ip",
-            "-n",
-            &t.ep_ns,
-            "addr",
-            "add",
-            &format!("{}/24", t.ep_addr),
-            "dev",
-            &t.ep_if,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &t.cl_ns,
-            "addr",
-            "add",
-            &format!("{}/24", t.cl_addr),
-            "dev",
-            &t.cl_if,
-        ]);
-        for (ns, dev) in [(&t.ep_ns, &t.ep_if), (&t.cl_ns, &t.cl_if)] {
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        // The kernel's veth sends CHECKSUM_PARTIAL segments; the XDP
-        // program (rightly) wants full checksums, as real NICs deliver.
-        sh(&[
-            "ip", "netns", "exec", &t.cl_ns, "ethtool", "-K", &t.cl_if, "tx", "off",
-        ]);
+        t.configure_ends();
         t
     }
 
@@ -175,17 +147,17 @@ impl Topology {
             name.len() <= 8,
             "topology name too long for interface names"
         );
-        let mut t = Topology {
+        let mid = format!("tcpu-t-{name}-mid");
+        let t = Topology {
             ep_ns: format!("tcpu-t-{name}-ep"),
             cl_ns: format!("tcpu-t-{name}-cl"),
             ep_if: format!("te-{name}"),
             cl_if: format!("tc-{name}"),
             ep_addr: Ipv4Addr::new(198, 18, subnet, 1),
             cl_addr: Ipv4Addr::new(198, 18, subnet, 2),
-            mid_ns: Some(format!("tcpu-t-{name}-mid")),
+            mid_ns: Some(mid.clone()),
         };
         t.remove();
-        let mid = t.mid_ns.clone().expect("set above");
         let (ep_port, cl_port, br) = (format!("tn-{name}"), format!("tm-{name}"), "br0");
         for ns in [&t.ep_ns, &t.cl_ns, &mid] {
             sh(&["ip", "netns", "add", ns]);
@@ -206,34 +178,7 @@ impl Topology {
             sh(&["ip", "-n", &mid, "link", "set", port, "up"]);
         }
         sh(&["ip", "-n", &mid, "link", "set", br, "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &t.ep_ns,
-            "addr",
-            "add",
-            &format!("{}/24", t.ep_addr),
-            "dev",
-            &t.ep_if,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &t.cl_ns,
-            "addr",
-            "add",
-            &format!("{}/24", t.cl_addr),
-            "dev",
-            &t.cl_if,
-        ]);
-        for (ns, dev) in [(&t.ep_ns, &t.ep_if), (&t.cl_ns, &t.cl_if)] {
-            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        }
-        sh(&[
-            "ip", "netns", "exec", &t.cl_ns, "ethtool", "-K", &t.cl_if, "tx", "off",
-        ]);
-        // Keep the struct's own idea of itself (mut only for clarity above).
-        t.mid_ns = Some(mid);
+        t.configure_ends();
         t
     }
 
@@ -295,6 +240,40 @@ impl Topology {
             counts.first().copied().unwrap_or(0),
             counts.get(1).copied().unwrap_or(0),
         )
+    }
+
+    /// Addresses and links of both ends, and the client's checksum offload
+    /// off: the kernel's veth sends CHECKSUM_PARTIAL segments; the XDP
+    /// program (rightly) wants full checksums, as real NICs deliver.
+    fn configure_ends(&self) {
+        for (ns, dev, addr) in [
+            (&self.ep_ns, &self.ep_if, self.ep_addr),
+            (&self.cl_ns, &self.cl_if, self.cl_addr),
+        ] {
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                dev,
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.cl_ns,
+            "ethtool",
+            "-K",
+            &self.cl_if,
+            "tx",
+            "off",
+        ]);
     }
 
     fn remove(&self) {
@@ -762,6 +741,23 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+/// From the calling thread (run it in the client namespace): sends
+/// `data` to the echo server at `addr`, half-closes, and returns what came
+/// back until the server's EOF. A reader thread drains the echo while the
+/// writer writes, so neither side's buffers can deadlock it.
+pub fn echo_bytes(addr: std::net::SocketAddrV4, data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let s = std::net::TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut reader = s.try_clone().unwrap();
+    let rx = std::thread::spawn(move || read_to_end(&mut reader).expect("reading the echo"));
+    let mut w = s;
+    w.write_all(data).expect("writing to echo");
+    w.shutdown(std::net::Shutdown::Write).unwrap();
+    rx.join().unwrap()
 }
 
 /// Reads until EOF (with the socket's own read timeout).

@@ -22,6 +22,9 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api::{Endpoint, EndpointConfig};
+/// The RFC 864 stream the `bulk --reverse` mode checks (the chargen
+/// service's own generator).
+pub use crate::services::Chargen;
 
 /// What to measure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -124,64 +127,6 @@ struct Progress {
     bytes: AtomicU64,
     transactions: AtomicU64,
     errors: AtomicU64,
-}
-
-/// RFC 864's character generator: line k is 72 characters of the 95
-/// printable ASCII characters starting with the k-th (mod 95), then CR LF.
-pub struct Chargen {
-    line: usize,
-    col: usize,
-}
-
-/// The length of one chargen line, CR LF included.
-const CHARGEN_LINE: usize = 74;
-
-impl Chargen {
-    pub fn new() -> Chargen {
-        Chargen { line: 0, col: 0 }
-    }
-
-    fn byte(&self) -> u8 {
-        match self.col {
-            72 => b'\r',
-            73 => b'\n',
-            c => b' ' + ((self.line + c) % 95) as u8,
-        }
-    }
-
-    fn advance(&mut self) {
-        self.col += 1;
-        if self.col == CHARGEN_LINE {
-            self.col = 0;
-            self.line = (self.line + 1) % 95;
-        }
-    }
-
-    /// Fills `out` with the next bytes of the stream.
-    pub fn fill(&mut self, out: &mut [u8]) {
-        for b in out {
-            *b = self.byte();
-            self.advance();
-        }
-    }
-
-    /// Checks that `data` is the next part of the stream; the offset of the
-    /// first wrong byte otherwise.
-    pub fn check(&mut self, data: &[u8]) -> Result<(), usize> {
-        for (i, &b) in data.iter().enumerate() {
-            if b != self.byte() {
-                return Err(i);
-            }
-            self.advance();
-        }
-        Ok(())
-    }
-}
-
-impl Default for Chargen {
-    fn default() -> Self {
-        Chargen::new()
-    }
 }
 
 /// The percentile `q` (0..=1) of sorted samples, nearest rank.
@@ -408,6 +353,7 @@ async fn connect_request_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::services::CHARGEN_LINE_LEN as CHARGEN_LINE;
 
     #[test]
     fn chargen_lines_follow_rfc_864() {
@@ -428,14 +374,6 @@ mod tests {
         let mut bad = all.clone();
         bad[500] ^= 1;
         assert_eq!(Chargen::new().check(&bad), Err(500));
-    }
-
-    #[test]
-    fn the_chargen_service_and_the_checker_agree() {
-        let len = 3 * 95 * CHARGEN_LINE + 17;
-        let mut ours = vec![0u8; len];
-        Chargen::new().fill(&mut ours);
-        assert_eq!(crate::services::chargen_pattern(len), ours);
     }
 
     #[test]

@@ -412,19 +412,8 @@ impl Driver {
                 }
                 continue;
             }
-            let deadline = self.next_deadline();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let shared = Arc::clone(&self.shared);
             tokio::select! {
-                _ = any_readable(&readiness) => {}
-                _ = sleep => {}
-                _ = shared.wake.notified() => {}
-                _ = log_tick.tick() => self.shared.lock().xdp.flush_logs(),
+                _ = idle(&self.shared, self.clock, &readiness, &mut log_tick) => {}
                 Some(req) = requests.recv() => {
                     let _ = req.send(self.snapshot());
                 }
@@ -442,16 +431,6 @@ impl Driver {
     /// The half the application's handles share.
     pub(crate) fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
-    }
-
-    /// When the core's earliest timer is due.
-    fn next_deadline(&self) -> Option<tokio::time::Instant> {
-        let core = self.shared.lock();
-        let at = [core.stack.poll_timeout(), core.services.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
-        at.map(|t| self.clock.deadline(t))
     }
 
     /// The library API's loop: serves until every application handle is
@@ -477,20 +456,7 @@ impl Driver {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let deadline = self.next_deadline();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let shared = Arc::clone(&self.shared);
-            tokio::select! {
-                _ = any_readable(&readiness) => {}
-                _ = sleep => {}
-                _ = shared.wake.notified() => {}
-                _ = log_tick.tick() => self.shared.lock().xdp.flush_logs(),
-            }
+            idle(&self.shared, self.clock, &readiness, &mut log_tick).await;
         }
         self.shutdown();
     }
@@ -537,7 +503,7 @@ impl Driver {
                 tracing::info!("all connections finished");
                 return;
             }
-            let deadline = self.next_deadline().map_or(until, |d| d.min(until));
+            let deadline = next_deadline(&self.shared, self.clock).map_or(until, |d| d.min(until));
             tokio::select! {
                 _ = any_readable(readiness) => {}
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -740,6 +706,40 @@ impl Driver {
         }
         tracing::info!("shutting down: detaching XDP from {}", self.iface.name);
     }
+}
+
+/// Waits for the next reason to take a turn: a socket is readable, the
+/// core's earliest timer is due, an application handle queued work, or the
+/// log tick (which flushes the XDP program's log records).
+async fn idle(
+    shared: &Shared,
+    clock: Clock,
+    readiness: &[AsyncFd<OwnedFd>],
+    log_tick: &mut tokio::time::Interval,
+) {
+    let deadline = next_deadline(shared, clock);
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = any_readable(readiness) => {}
+        _ = sleep => {}
+        _ = shared.wake.notified() => {}
+        _ = log_tick.tick() => shared.lock().xdp.flush_logs(),
+    }
+}
+
+/// When the earliest timer of the core or the services is due.
+fn next_deadline(shared: &Shared, clock: Clock) -> Option<tokio::time::Instant> {
+    let core = shared.lock();
+    let at = [core.stack.poll_timeout(), core.services.poll_timeout()]
+        .into_iter()
+        .flatten()
+        .min();
+    at.map(|t| clock.deadline(t))
 }
 
 /// Resolves when any of the sockets is readable. Readiness is cleared on

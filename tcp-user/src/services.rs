@@ -119,19 +119,69 @@ const CHARGEN_CHARS: usize = 95;
 /// of the 95 characters.
 pub const CHARGEN_CYCLE: usize = CHARGEN_CHARS * (CHARGEN_LINE + 2);
 
-/// The first `len` bytes of the chargen stream (RFC 864): line `i` holds
-/// the 72 printable characters starting at the `i mod 95`-th, then CR LF.
+/// The length of one chargen line, CR LF included.
+pub const CHARGEN_LINE_LEN: usize = CHARGEN_LINE + 2;
+
+/// The first `len` bytes of the chargen stream (RFC 864).
 pub fn chargen_pattern(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            let (line, col) = (i / (CHARGEN_LINE + 2), i % (CHARGEN_LINE + 2));
-            match col {
-                CHARGEN_LINE => b'\r',
-                c if c == CHARGEN_LINE + 1 => b'\n',
-                c => b' ' + ((line + c) % CHARGEN_CHARS) as u8,
+    let mut v = vec![0; len];
+    Chargen::new().fill(&mut v);
+    v
+}
+
+/// RFC 864's character generator: line k is 72 characters of the 95
+/// printable ASCII characters starting with the k-th (mod 95), then CR LF.
+pub struct Chargen {
+    line: usize,
+    col: usize,
+}
+
+impl Chargen {
+    pub fn new() -> Chargen {
+        Chargen { line: 0, col: 0 }
+    }
+
+    fn byte(&self) -> u8 {
+        match self.col {
+            CHARGEN_LINE => b'\r',
+            c if c == CHARGEN_LINE + 1 => b'\n',
+            c => b' ' + ((self.line + c) % CHARGEN_CHARS) as u8,
+        }
+    }
+
+    fn advance(&mut self) {
+        self.col += 1;
+        if self.col == CHARGEN_LINE_LEN {
+            self.col = 0;
+            self.line = (self.line + 1) % CHARGEN_CHARS;
+        }
+    }
+
+    /// Fills `out` with the next bytes of the stream.
+    pub fn fill(&mut self, out: &mut [u8]) {
+        for b in out {
+            *b = self.byte();
+            self.advance();
+        }
+    }
+
+    /// Checks that `data` is the next part of the stream; the offset of the
+    /// first wrong byte otherwise.
+    pub fn check(&mut self, data: &[u8]) -> Result<(), usize> {
+        for (i, &b) in data.iter().enumerate() {
+            if b != self.byte() {
+                return Err(i);
             }
-        })
-        .collect()
+            self.advance();
+        }
+        Ok(())
+    }
+}
+
+impl Default for Chargen {
+    fn default() -> Self {
+        Chargen::new()
+    }
 }
 
 struct AppConn {

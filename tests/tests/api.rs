@@ -3,13 +3,13 @@
 //! and as a client of it, and the errors an active open reports.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddrV4, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use e2e_tests::{pattern, read_to_end, Topology};
+use e2e_tests::{echo_bytes, pattern, Topology};
 
 /// The example binary, from `TCP_USER_EXAMPLES` (set by `cargo xtask test`).
 fn example() -> PathBuf {
@@ -81,16 +81,7 @@ fn the_api_example_serves_a_kernel_client() {
     let addr = SocketAddrV4::new(topo.ep_addr, 7007);
     let data = pattern(40, 1 << 20);
     let expect = data.clone();
-    let back = topo.in_client(move || {
-        let s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(5)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut reader = s.try_clone().unwrap();
-        let rx = std::thread::spawn(move || read_to_end(&mut reader).expect("reading the echo"));
-        let mut w = s;
-        w.write_all(&data).expect("writing");
-        w.shutdown(Shutdown::Write).unwrap();
-        rx.join().unwrap()
-    });
+    let back = topo.in_client(move || echo_bytes(addr, &data));
     assert_eq!(back.len(), expect.len());
     assert!(back == expect, "the echo differs");
 }

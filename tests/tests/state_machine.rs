@@ -8,7 +8,7 @@ use std::net::{Shutdown, SocketAddrV4, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use e2e_tests::{pattern, read_to_end, Endpoint, Topology};
+use e2e_tests::{echo_bytes, pattern, read_to_end, Endpoint, Topology};
 
 fn connect(addr: SocketAddrV4) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(10))
@@ -136,15 +136,7 @@ fn echo_through_loss(name: &str, subnet: u8, pct: u32, mib: usize) {
     let addr = SocketAddrV4::new(topo.ep_addr, 7);
     let data = pattern(subnet as u64, mib << 20);
     let expect = data.clone();
-    let back = topo.in_client(move || {
-        let s = connect(addr);
-        let mut reader = s.try_clone().unwrap();
-        let rx = std::thread::spawn(move || read_to_end(&mut reader).expect("reading the echo"));
-        let mut w = s;
-        w.write_all(&data).expect("writing");
-        w.shutdown(Shutdown::Write).unwrap();
-        rx.join().unwrap()
-    });
+    let back = topo.in_client(move || echo_bytes(addr, &data));
     assert_eq!(back.len(), expect.len());
     assert!(back == expect, "echo differs under loss");
     let (to_ep, from_ep) = topo.dropped();
