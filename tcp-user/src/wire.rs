@@ -184,6 +184,33 @@ impl TcpOptions {
     }
 }
 
+/// A TCP segment whose checksum someone has already verified over the
+/// IPv4 pseudo-header of the datagram that carried it: the XDP program
+/// (`tcp-ebpf`) drops every owned segment whose IPv4 or TCP checksum is
+/// wrong before it redirects the frame to an AF_XDP socket, so frames read
+/// from those sockets need not be summed a second time. Frames from
+/// anywhere else (the simulator, tests, a pcap) go through
+/// [`TcpRepr::parse`], which verifies.
+#[derive(Clone, Copy, Debug)]
+pub struct ChecksumVerified<'a>(&'a [u8]);
+
+impl<'a> ChecksumVerified<'a> {
+    /// Vouches for `segment`'s checksum: call this only for frames that
+    /// came through the XDP program (or that were verified otherwise).
+    pub fn vouched_by_xdp(segment: &'a [u8]) -> Self {
+        ChecksumVerified(segment)
+    }
+
+    /// Verifies the checksum here (for frames nobody vouches for).
+    pub fn verify(src: Ipv4Addr, dst: Ipv4Addr, segment: &'a [u8]) -> Option<Self> {
+        (checksum_sum(src, dst, segment) == 0xffff).then_some(ChecksumVerified(segment))
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
 /// A parsed segment, borrowing its payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TcpRepr<'a> {
@@ -199,12 +226,26 @@ pub struct TcpRepr<'a> {
 }
 
 impl<'a> TcpRepr<'a> {
-    /// Parses and checks a segment carried from `src` to `dst`.
+    /// Parses and checks a segment carried from `src` to `dst`, its
+    /// checksum included.
     pub fn parse(src: Ipv4Addr, dst: Ipv4Addr, bytes: &'a [u8]) -> Result<Self, WireError> {
         let p = TcpPacket::new_checked(bytes)?;
         if !p.verify_checksum(src, dst) {
             return Err(WireError::BadChecksum);
         }
+        Self::parse_header(p, bytes)
+    }
+
+    /// Parses a segment whose checksum was already verified (see
+    /// [`ChecksumVerified`]); everything else is checked as in [`parse`].
+    ///
+    /// [`parse`]: TcpRepr::parse
+    pub fn parse_verified(seg: ChecksumVerified<'a>) -> Result<Self, WireError> {
+        let bytes = seg.0;
+        Self::parse_header(TcpPacket::new_checked(bytes)?, bytes)
+    }
+
+    fn parse_header(p: TcpPacket<&'a [u8]>, bytes: &'a [u8]) -> Result<Self, WireError> {
         Ok(TcpRepr {
             src_port: p.src_port(),
             dst_port: p.dst_port(),
@@ -342,24 +383,38 @@ pub fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, seg: &[u8]) -> u16 {
 }
 
 /// One's complement sum (folded to 16 bits) of the pseudo-header and `seg`.
+///
+/// RFC 1071 §2: the sum may be taken over wider words in either byte order
+/// and folded at the end. The segment is summed in 32-bit native-endian
+/// words into a 64-bit accumulator (no carry can be lost below 2^32 words),
+/// folded to 16 bits and swapped into network order once.
 fn checksum_sum(src: Ipv4Addr, dst: Ipv4Addr, seg: &[u8]) -> u32 {
-    let mut sum: u64 = 0;
+    let mut acc: u64 = 0;
+    let mut chunks = seg.chunks_exact(32);
+    for c in &mut chunks {
+        for w in c.chunks_exact(4) {
+            acc += u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) as u64;
+        }
+    }
+    let mut words = chunks.remainder().chunks_exact(4);
+    for w in &mut words {
+        acc += u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) as u64;
+    }
+    let mut tail = [0u8; 4];
+    let rest = words.remainder();
+    tail[..rest.len()].copy_from_slice(rest);
+    acc += u32::from_ne_bytes(tail) as u64;
+    // Fold to 16 bits in native order; then into network order.
+    let mut sum = (acc & 0xffff_ffff) + (acc >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let mut sum = u16::from_be(sum as u16) as u64;
+    // The pseudo-header, in network order.
     for a in [src.octets(), dst.octets()] {
         sum += u16::from_be_bytes([a[0], a[1]]) as u64 + u16::from_be_bytes([a[2], a[3]]) as u64;
     }
     sum += IPPROTO_TCP as u64 + seg.len() as u64;
-    let mut chunks = seg.chunks_exact(8);
-    for c in &mut chunks {
-        let v = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        sum += (v >> 48) + ((v >> 32) & 0xffff) + ((v >> 16) & 0xffff) + (v & 0xffff);
-    }
-    let mut rest = chunks.remainder().chunks_exact(2);
-    for w in &mut rest {
-        sum += u16::from_be_bytes([w[0], w[1]]) as u64;
-    }
-    if let [last] = rest.remainder() {
-        sum += (*last as u64) << 8;
-    }
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -1301,18 +1301,29 @@ impl Conn {
         }
     }
 
+    /// The earliest of the connection's timers. Called after every segment
+    /// in and out, so written out plainly: the same as an iterator chain
+    /// (`[..].into_iter().flatten().min()` over the six timers), which the
+    /// compiler turned into ~30 KiB of code and thousands of instructions
+    /// per call (half the core's instructions in a bulk transfer).
     pub fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.tcb.snd().and_then(|s| s.retx_at),
-            self.tcb.snd().and_then(|s| s.reorder_at),
-            self.tcb.snd().and_then(|s| s.probe_at),
-            self.tcb.rcv().and_then(|r| r.ack_at),
-            self.close_at(),
-            self.keepalive_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+            match (a, b) {
+                (Some(x), Some(y)) => Some(x.min(y)),
+                (x, None) => x,
+                (None, y) => y,
+            }
+        }
+        let mut d = earlier(self.keepalive_at, self.close_at());
+        if let Some(s) = self.tcb.snd() {
+            d = earlier(d, s.retx_at);
+            d = earlier(d, s.reorder_at);
+            d = earlier(d, s.probe_at);
+        }
+        if let Some(r) = self.tcb.rcv() {
+            d = earlier(d, r.ack_at);
+        }
+        d
     }
 
     /// Asks for an ACK to go out with the next transmission.

@@ -7,8 +7,10 @@
 //!   needs the time takes `now: Instant`.
 //! - Input: whole TCP segments (header + options + payload) with the IPv4
 //!   addresses of the datagram that carried them, via [`Stack::handle_segment`].
-//!   The core verifies the checksum itself (the XDP program already did in
-//!   production; the core does not trust its input either way).
+//!   The core verifies the checksum itself, except for segments handed in
+//!   through [`Stack::handle_verified_segment`] with a
+//!   [`crate::wire::ChecksumVerified`]: the driver's frames, whose checksums
+//!   the XDP program verified before redirecting them.
 //! - Output: [`Stack::poll_transmit`] writes one complete TCP segment (with a
 //!   correct checksum over the IPv4 pseudo-header) into the caller's buffer.
 //! - Timers: [`Stack::poll_timeout`] returns the earliest deadline of all
@@ -24,6 +26,7 @@ mod conn;
 pub(crate) mod recovery;
 pub mod seq;
 mod stack;
+mod table;
 #[cfg(test)]
 mod tests;
 
@@ -58,12 +61,22 @@ impl core::ops::Add<Duration> for Instant {
 }
 
 /// A connection as the endpoint sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FourTuple {
     /// The endpoint's address and port.
     pub local: SocketAddrV4,
     /// The peer's address and port.
     pub remote: SocketAddrV4,
+}
+
+/// Two writes (the addresses, then the ports) instead of several per
+/// field: the 4-tuple is hashed for every arriving segment.
+impl std::hash::Hash for FourTuple {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let ips = (u32::from(*self.local.ip()) as u64) << 32 | u32::from(*self.remote.ip()) as u64;
+        state.write_u64(ips);
+        state.write_u32((self.local.port() as u32) << 16 | self.remote.port() as u32);
+    }
 }
 
 /// Handle of one connection inside a [`Stack`]. Stale handles (of a

@@ -70,13 +70,17 @@ pub struct Delivery {
 
 /// The per-connection record of sent, unacknowledged segments, in
 /// sequence order, and RACK's state (RFC 8985 §6.1).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Scoreboard {
     segs: VecDeque<SentSeg>,
     /// Bytes SACKed (all above SND.UNA).
     sacked_bytes: usize,
     /// Segments SACKed.
     sacked_segs: usize,
+    /// Records sent more than once. While there are none, sequence order
+    /// is also sending order, and RACK's scan stops at the first record
+    /// sent after the most recently delivered one.
+    retransmitted_segs: usize,
     /// Bytes deemed lost and not yet retransmitted.
     lost_bytes: usize,
     /// RACK.xmit_ts / RACK.end_seq: the most recently sent segment known
@@ -124,7 +128,10 @@ impl Scoreboard {
                         break;
                     }
                     seg.sent_at = now;
-                    seg.retransmitted = true;
+                    if !seg.retransmitted {
+                        seg.retransmitted = true;
+                        self.retransmitted_segs += 1;
+                    }
                     if seg.lost {
                         seg.lost = false;
                         self.lost_bytes -= seg.len();
@@ -165,6 +172,9 @@ impl Scoreboard {
             self.segs.insert(i + 1, SentSeg { start: seq, ..seg });
             if seg.sacked {
                 self.sacked_segs += 1;
+            }
+            if seg.retransmitted {
+                self.retransmitted_segs += 1;
             }
         }
     }
@@ -257,6 +267,9 @@ impl Scoreboard {
     }
 
     fn forget(&mut self, seg: &SentSeg) {
+        if seg.retransmitted {
+            self.retransmitted_segs -= 1;
+        }
         if seg.sacked {
             self.sacked_bytes -= seg.len();
             self.sacked_segs -= 1;
@@ -320,14 +333,21 @@ impl Scoreboard {
         let reo = self.reo_wnd(in_recovery, srtt);
         let mut newly = 0;
         let mut timer: Option<Instant> = None;
+        let in_send_order = self.retransmitted_segs == 0;
         for seg in self.segs.iter_mut() {
             if seg.sacked || seg.lost {
                 continue;
             }
             if !sent_after(rack_t, rack_e, seg.sent_at, seg.end) {
                 // Sent after what was delivered: not evidence of anything
-                // yet. Records are in sequence order, not sending order,
-                // so the scan goes on (a retransmission may sit below).
+                // yet. Without retransmissions the records are in sending
+                // order too, and so is everything after this one: the scan
+                // ends here (per ACK it visits only the records that may be
+                // lost). Otherwise it goes on (a retransmission may sit
+                // below a record sent earlier).
+                if in_send_order {
+                    break;
+                }
                 continue;
             }
             let deadline = seg.sent_at + self.rack_rtt + reo;
@@ -454,9 +474,15 @@ impl Scoreboard {
             .sum();
         let lost: usize = self.segs.iter().filter(|s| s.lost).map(SentSeg::len).sum();
         let segs = self.segs.iter().filter(|s| s.sacked).count();
+        let retransmitted = self.segs.iter().filter(|s| s.retransmitted).count();
         assert_eq!(
-            (sacked, lost, segs),
-            (self.sacked_bytes, self.lost_bytes, self.sacked_segs)
+            (sacked, lost, segs, retransmitted),
+            (
+                self.sacked_bytes,
+                self.lost_bytes,
+                self.sacked_segs,
+                self.retransmitted_segs
+            )
         );
         for w in self.segs.iter().collect::<Vec<_>>().windows(2) {
             assert_eq!(w[0].end, w[1].start, "records are contiguous");
@@ -644,5 +670,87 @@ mod tests {
         let d = sb.on_ack(at(201), seq(2000), seq(10_000), &[]);
         assert!(d.acked_retransmitted);
         assert_eq!(d.rtt, None);
+    }
+
+    /// RACK's rule applied to every record, as it was before the scan
+    /// learned to stop early: the reference the early stop must agree with.
+    fn detect_loss_full_scan(
+        sb: &mut Scoreboard,
+        now: Instant,
+        in_recovery: bool,
+        srtt: Option<Duration>,
+    ) -> (usize, Option<Instant>) {
+        let Some((rack_t, rack_e)) = sb.rack_sent else {
+            return (0, None);
+        };
+        let reo = sb.reo_wnd(in_recovery, srtt);
+        let (mut newly, mut timer) = (0, None::<Instant>);
+        for seg in sb.segs.iter_mut() {
+            if seg.sacked || seg.lost || !sent_after(rack_t, rack_e, seg.sent_at, seg.end) {
+                continue;
+            }
+            let deadline = seg.sent_at + sb.rack_rtt + reo;
+            if deadline <= now {
+                seg.lost = true;
+                newly += seg.len();
+            } else {
+                timer = Some(timer.map_or(deadline, |t| t.min(deadline)));
+            }
+        }
+        sb.lost_bytes += newly;
+        (newly, timer)
+    }
+
+    proptest::proptest! {
+        /// Random transmissions, retransmissions, ACKs with SACK blocks and
+        /// timeouts: the early-stopping scan marks exactly what a scan of
+        /// every record marks, and arms the same timer.
+        #[test]
+        fn early_stop_matches_the_full_scan(
+            ops in proptest::collection::vec((0u8..6, 0u32..40, 1u32..6, 0u64..30), 1..80)
+        ) {
+            let mut sb = Scoreboard::default();
+            let (mut una, mut max, mut now) = (0u32, 0u32, 0u64);
+            for (op, a, b, dt) in ops {
+                now += dt;
+                let t = at(now);
+                match op {
+                    0 | 1 => {
+                        sb.on_transmit(seq(max * 100), seq((max + b) * 100), t);
+                        max += b;
+                    }
+                    2 if max > una => {
+                        let start = una + a % (max - una);
+                        let end = (start + b).min(max);
+                        sb.on_transmit(seq(start * 100), seq(end * 100), t);
+                    }
+                    3 if max > una => {
+                        una += a % (max - una + 1);
+                        sb.on_ack(t, seq(una * 100), seq(max * 100), &[]);
+                    }
+                    4 if max > una => {
+                        let left = una + 1 + a % (max - una);
+                        let right = (left + b).min(max);
+                        if left < right {
+                            sb.on_ack(
+                                t,
+                                seq(una * 100),
+                                seq(max * 100),
+                                &[(seq(left * 100), seq(right * 100))],
+                            );
+                        }
+                    }
+                    5 => sb.on_timeout(a % 2 == 0),
+                    _ => {}
+                }
+                let srtt = Some(Duration::from_millis(10));
+                let mut reference = sb.clone();
+                let want = detect_loss_full_scan(&mut reference, t, a % 3 == 0, srtt);
+                let got = sb.detect_loss(t, a % 3 == 0, srtt);
+                proptest::prop_assert_eq!(got, want);
+                proptest::prop_assert_eq!(sb.records(), reference.records());
+                sb.check();
+            }
+        }
     }
 }

@@ -14,8 +14,9 @@ use super::conn::{
     Timestamps, PAWS_IDLE,
 };
 use super::seq::SeqNum;
+use super::table::ConnTable;
 use super::{Config, ConnId, ConnInfo, Error, Event, FourTuple, Instant, State, Transmit};
-use crate::wire::{TcpOptions, TcpRepr, WireError};
+use crate::wire::{ChecksumVerified, TcpOptions, TcpRepr, WireError};
 
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
@@ -105,11 +106,10 @@ struct PendingRst {
 /// All connections and listeners of one endpoint.
 pub struct Stack {
     cfg: Config,
-    conns: HashMap<ConnId, Conn>,
+    conns: ConnTable,
     by_tuple: HashMap<FourTuple, ConnId>,
     listeners: HashSet<SocketAddrV4>,
     events: VecDeque<Event>,
-    next_id: u64,
     counters: Counters,
     /// (deadline, connection): at most one live entry per connection, plus
     /// stale ones that are skipped when they come up.
@@ -126,11 +126,10 @@ impl Stack {
     pub fn new(config: Config) -> Self {
         Stack {
             cfg: config,
-            conns: HashMap::new(),
+            conns: ConnTable::default(),
             by_tuple: HashMap::new(),
             listeners: HashSet::new(),
             events: VecDeque::new(),
-            next_id: 1,
             counters: Counters::default(),
             timers: BinaryHeap::new(),
             tx_queue: VecDeque::new(),
@@ -166,21 +165,16 @@ impl Stack {
         if self.conns.len() >= self.cfg.max_connections {
             return Err(Error::Full);
         }
-        let id = self.new_id();
         let iss = self.isn(now, &tuple);
         let snd = Send::new(iss, &self.cfg);
-        let mut c = Conn::new(id, tuple, Tcb::SynSent(SynSent { snd }), now);
-        c.known_to_app = true;
-        self.conns.insert(id, c);
+        let id = self.conns.insert_with(|id| {
+            let mut c = Conn::new(id, tuple, Tcb::SynSent(SynSent { snd }), now);
+            c.known_to_app = true;
+            c
+        });
         self.by_tuple.insert(tuple, id);
         self.after(id);
         Ok(id)
-    }
-
-    fn new_id(&mut self) -> ConnId {
-        let id = ConnId(self.next_id);
-        self.next_id += 1;
-        id
     }
 
     /// RFC 6528: ISN = M + F(localip, localport, remoteip, remoteport,
@@ -202,10 +196,36 @@ impl Stack {
                 .contains(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, local.port()))
     }
 
-    /// A segment arrived from `src` to `dst`.
+    /// A segment arrived from `src` to `dst`; its checksum is verified
+    /// here (for segments that did not come through the XDP program: the
+    /// simulator, tests).
     pub fn handle_segment(&mut self, now: Instant, src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) {
         self.counters.segments_in += 1;
-        let seg = match TcpRepr::parse(src, dst, segment) {
+        self.arrival(now, src, dst, TcpRepr::parse(src, dst, segment));
+    }
+
+    /// A segment arrived from `src` to `dst` whose checksum the XDP
+    /// program has already verified (the driver's path: every frame on an
+    /// AF_XDP socket passed the program's checksum check).
+    pub fn handle_verified_segment(
+        &mut self,
+        now: Instant,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        segment: ChecksumVerified<'_>,
+    ) {
+        self.counters.segments_in += 1;
+        self.arrival(now, src, dst, TcpRepr::parse_verified(segment));
+    }
+
+    fn arrival(
+        &mut self,
+        now: Instant,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        parsed: Result<TcpRepr<'_>, WireError>,
+    ) {
+        let seg = match parsed {
             Ok(s) => s,
             Err(WireError::BadChecksum) => {
                 self.counters.drop_bad_checksum += 1;
@@ -265,7 +285,6 @@ impl Stack {
         // "Set RCV.NXT to SEG.SEQ+1, IRS is set to SEG.SEQ, ... ISS should
         // be selected and a SYN segment sent of the form
         // <SEQ=ISS><ACK=RCV.NXT><CTL=SYN,ACK>."
-        let id = self.new_id();
         let iss = self.isn(now, &tuple);
         let mut snd = Send::new(iss, &self.cfg);
         let shift = snd.learn_from_syn(seg);
@@ -273,17 +292,18 @@ impl Stack {
         rcv.rcv_wscale = shift;
         rcv.sack_ok = snd.sack_offer;
         rcv.ts = negotiated_timestamps(&snd, seg, now);
-        let c = Conn::new(
-            id,
-            tuple,
-            Tcb::SynReceived(SynReceived {
-                snd,
-                rcv,
-                passive: true,
-            }),
-            now,
-        );
-        self.conns.insert(id, c);
+        let id = self.conns.insert_with(|id| {
+            Conn::new(
+                id,
+                tuple,
+                Tcb::SynReceived(SynReceived {
+                    snd,
+                    rcv,
+                    passive: true,
+                }),
+                now,
+            )
+        });
         self.by_tuple.insert(tuple, id);
         self.after(id);
     }
