@@ -796,10 +796,21 @@ impl Recv {
             .min(65_535) as u16
     }
 
-    /// Whether reading freed enough room that the peer should hear of it.
+    /// Whether reading freed enough room that the peer should hear of it
+    /// in a window update of its own (an ACK that goes out anyway carries
+    /// the new window too). RFC 9293 §3.8.6.2.2 / RFC 1122 §4.2.3.3
+    /// (receiver SWS avoidance) bound how small a window increase may be;
+    /// like Linux (`__tcp_cleanup_rbuf`), an update is sent only when the
+    /// window the peer may still fill has fallen to half the buffer or
+    /// less, and the right edge moves by at least two MSS (or half the
+    /// buffer, if that is smaller). While more than half the buffer is
+    /// still open, the peer is not held up, and the ACKs its data draws
+    /// (every second full-sized segment) tell it of the room.
     pub fn window_update_due(&self, our_mss: u16) -> bool {
         let right = self.rcv_nxt + self.free_window();
-        right.diff(self.rcv_adv) >= self.sws_step(our_mss)
+        let half = self.recv_cap / 2;
+        let step = (2 * our_mss as usize).min(half).max(1);
+        self.rcv_wnd() as usize <= half && right.diff(self.rcv_adv) >= step as i32
     }
 
     /// The receive window as the acceptance test sees it.

@@ -546,6 +546,58 @@ fn reading_reopens_a_full_receive_window() {
 }
 
 #[test]
+fn reading_sends_a_window_update_only_when_the_open_window_is_low() {
+    // RFC 9293 §3.8.6.2.2 / RFC 1122 §4.2.3.3, as Linux applies them: a
+    // read sends a window update of its own only once the window the peer
+    // may still fill is at most half the buffer and reading moved the
+    // right edge by at least two MSS. Otherwise the ACKs the data draws
+    // carry the window.
+    let cap = 60_000;
+    let mut p = Peer::new();
+    p.stack = Stack::new(Config {
+        recv_buffer: cap,
+        ..config()
+    });
+    p.stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+    p.send_full(SYN, PEER_ISS, 0, 65535, &[], Some(1460), PORT);
+    p.seq = PEER_ISS + 1;
+    let synack = p.one();
+    p.ack = synack.seq + 1;
+    p.send(ACK, &[]);
+    let Some(Event::Accepted { conn: c, .. }) = p.events().first().copied() else {
+        panic!()
+    };
+    let mut buf = vec![0u8; cap];
+    // Two full segments: one immediate ACK (every second full segment).
+    p.send(ACK, &[1; 1460]);
+    p.send(ACK, &[2; 1460]);
+    assert_eq!(p.outputs().len(), 1);
+    // Reading them frees two MSS, but nearly the whole buffer is still
+    // open: no update.
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Ok(2920));
+    assert!(p.outputs().is_empty(), "no update while > half is open");
+    // Fill more than half the buffer without reading; ACKs go out as the
+    // data arrives (every second segment).
+    let segs = cap / 2 / 1460 + 2;
+    for i in 0..segs {
+        p.send(ACK, &[i as u8; 1460]);
+    }
+    let acks = p.outputs();
+    let last = acks.last().expect("ACKs for the data");
+    assert_eq!(last.ack, p.seq);
+    assert!(last.window as usize <= cap / 2, "window low");
+    // Reading one segment's worth: the edge moves by less than two MSS.
+    assert_eq!(p.stack.recv(p.now, c, &mut buf[..1000]), Ok(1000));
+    assert!(p.outputs().is_empty(), "less than two MSS freed: no update");
+    // Reading the rest: the window reopens and the peer hears of it.
+    let rest = segs * 1460 - 1000;
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Ok(rest));
+    let upd = p.one();
+    assert_eq!(upd.ack, p.seq);
+    assert!(upd.window as usize > cap / 2, "{upd:?}");
+}
+
+#[test]
 fn active_open_and_simultaneous_open() {
     // Plain active open.
     let mut p = Peer::new();
