@@ -162,10 +162,9 @@ fn drain_reads(s: &mut Stack, now: Instant, buf: &mut [u8], got: &mut u64) -> Ve
 }
 
 fn connect(p: &mut Pair, port: u16) -> (ConnId, ConnId) {
-    let ca = p
-        .a
-        .connect(p.now, SocketAddrV4::new(A, port), SocketAddrV4::new(B, 9))
-        .unwrap();
+    let ca =
+        p.a.connect(p.now, SocketAddrV4::new(A, port), SocketAddrV4::new(B, 9))
+            .unwrap();
     let mut cb = None;
     for _ in 0..10 {
         p.round();
