@@ -84,6 +84,9 @@ pub struct EndpointConfig {
     pub resolve_timeout: Duration,
     /// Capture every frame received and sent to this pcap file.
     pub pcap: Option<PathBuf>,
+    /// Spin on the rings instead of sleeping when idle (lower latency; the
+    /// driver's thread stays busy). Off by default.
+    pub busy_poll: bool,
 }
 
 impl EndpointConfig {
@@ -98,6 +101,7 @@ impl EndpointConfig {
             ephemeral_ports: default_ephemeral_ports(),
             resolve_timeout: Duration::from_secs(3),
             pcap: None,
+            busy_poll: false,
         }
     }
 }
@@ -333,6 +337,7 @@ impl Endpoint {
             pcap: cfg.pcap.clone(),
             grace: Duration::ZERO,
             log_level: tracing::Level::WARN,
+            busy_poll: cfg.busy_poll,
         };
         // Loading a BPF program and mapping rings block: not on a runtime
         // worker.

@@ -12,6 +12,7 @@
 //! pcap = "/var/tmp/tcp-user.pcap"
 //! grace_ms = 5000
 //! log = "info"
+//! busy_poll = false           # spin on the rings instead of sleeping when idle
 //!
 //! [[service]]                 # the ports the endpoint owns
 //! name = "echo"
@@ -83,6 +84,7 @@ struct RawConfig {
     pcap: Option<PathBuf>,
     grace_ms: Option<u64>,
     log: Option<Spanned<String>>,
+    busy_poll: Option<bool>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
     #[serde(default)]
@@ -128,6 +130,7 @@ pub struct FileConfig {
     pub pcap: Option<PathBuf>,
     pub grace: Option<Duration>,
     pub log: Option<tracing::Level>,
+    pub busy_poll: Option<bool>,
     pub services: Vec<(Service, u16)>,
     /// The TCP settings, starting from the defaults.
     pub tcp: tcp::Config,
@@ -205,6 +208,7 @@ pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     out.control_socket = raw.control_socket;
     out.pcap = raw.pcap;
     out.grace = raw.grace_ms.map(Duration::from_millis);
+    out.busy_poll = raw.busy_poll;
     if let Some(l) = raw.log {
         out.log = Some(l.get_ref().parse().map_err(|_| {
             err(
@@ -387,6 +391,7 @@ queues = 2
 xdp_mode = "generic"
 grace_ms = 100
 log = "debug"
+busy_poll = true
 
 [[service]]
 name = "echo"
@@ -415,6 +420,7 @@ congestion = "newreno"
         assert_eq!(c.tcp.min_rto, Duration::from_millis(10));
         assert_eq!(c.tcp.recv_buffer, 1 << 20);
         assert_eq!(c.grace, Some(Duration::from_millis(100)));
+        assert_eq!(c.busy_poll, Some(true));
         assert!(check("").is_ok(), "an empty file is valid");
     }
 

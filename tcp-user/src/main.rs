@@ -129,6 +129,10 @@ struct RunArgs {
     /// Log level on stderr: error, warn, info, debug or trace [default: info].
     #[arg(long)]
     log: Option<tracing::Level>,
+    /// Spin on the rings instead of sleeping when idle (lower latency, one
+    /// CPU kept busy).
+    #[arg(long)]
+    busy_poll: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -254,6 +258,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .or(file.grace)
             .unwrap_or(Duration::from_secs(5)),
         log_level,
+        busy_poll: args.busy_poll || file.busy_poll.unwrap_or(false),
     };
     driver::run(cfg, |iface, ports| {
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
