@@ -867,6 +867,10 @@ impl Recv {
                 moved |= take > 0;
             }
         }
+        if self.out_of_order.is_empty() && self.out_of_order.capacity() > 0 {
+            // The hole is filled: the queue's room goes back.
+            self.out_of_order = Vec::new();
+        }
         moved
     }
 
