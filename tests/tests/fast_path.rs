@@ -64,6 +64,21 @@ fn echo_16mib_byte_exact() {
 }
 
 #[test]
+fn echo_with_busy_poll() {
+    // The driver spins on the rings instead of sleeping: the same bytes
+    // come back, and a control request is still answered.
+    let topo = Topology::new("busy", 18);
+    let ep = Endpoint::start(&topo, &["--busy-poll"]);
+    let addr = SocketAddrV4::new(topo.ep_addr, 7);
+    let data = pattern(3, 4 << 20);
+    let sent = Digest::of(&data);
+    let back = topo.in_client(move || echo_round_trip(addr, data));
+    assert_eq!(back, sent, "echoed bytes differ");
+    let stat = ep.stat();
+    assert!(stat["xdp"]["redirected"].as_u64().unwrap() > 1_000);
+}
+
+#[test]
 fn echo_64_concurrent_connections() {
     let topo = Topology::new("conc", 11);
     let _ep = Endpoint::start(&topo, &[]);
