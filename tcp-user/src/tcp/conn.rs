@@ -1157,9 +1157,23 @@ impl FinWait1 {
     }
     /// A FIN that also acknowledges ours.
     pub fn fin_received_fin_acked(self, expires: Instant) -> TimeWait {
+        TimeWait::new(self.snd.snd_nxt, self.rcv, expires)
+    }
+}
+
+impl TimeWait {
+    /// TIME-WAIT keeps only what it needs to answer a retransmitted FIN:
+    /// the receive side's buffers go back (a server may hold many
+    /// thousands of TIME-WAITs).
+    fn new(snd_nxt: SeqNum, mut rcv: Recv, expires: Instant) -> TimeWait {
+        if rcv.recv_buf.is_empty() {
+            rcv.recv_buf = VecDeque::new();
+        }
+        rcv.out_of_order = Vec::new();
+        rcv.out_of_order_bytes = 0;
         TimeWait {
-            snd_nxt: self.snd.snd_nxt,
-            rcv: self.rcv,
+            snd_nxt,
+            rcv,
             expires,
         }
     }
@@ -1167,11 +1181,7 @@ impl FinWait1 {
 
 impl FinWait2 {
     pub fn fin_received(self, expires: Instant) -> TimeWait {
-        TimeWait {
-            snd_nxt: self.snd_nxt,
-            rcv: self.rcv,
-            expires,
-        }
+        TimeWait::new(self.snd_nxt, self.rcv, expires)
     }
 }
 
@@ -1187,11 +1197,7 @@ impl CloseWait {
 
 impl Closing {
     pub fn fin_acked(self, expires: Instant) -> TimeWait {
-        TimeWait {
-            snd_nxt: self.snd.snd_nxt,
-            rcv: self.rcv,
-            expires,
-        }
+        TimeWait::new(self.snd.snd_nxt, self.rcv, expires)
     }
 }
 

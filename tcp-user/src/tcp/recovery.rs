@@ -31,10 +31,6 @@ use std::time::Duration;
 use super::seq::SeqNum;
 use super::Instant;
 
-/// Record slots an empty scoreboard may keep (a request/response
-/// connection reuses them without allocating; more are released).
-const IDLE_RECORDS: usize = 16;
-
 /// RFC 6675 / RFC 5681's DupThresh: three SACKed segments above a hole.
 pub const DUP_THRESH: usize = 3;
 
@@ -264,11 +260,7 @@ impl Scoreboard {
         if self.highest_sacked.is_some_and(|h| h.le(snd_una)) {
             self.highest_sacked = None;
         }
-        if self.segs.is_empty() && self.segs.capacity() > IDLE_RECORDS {
-            // Everything acknowledged: an idle connection does not keep the
-            // records' room of its largest flight.
-            self.segs = VecDeque::new();
-        }
+
         out.rtt = newest
             .filter(|s| !s.retransmitted)
             .map(|s| now.saturating_duration_since(s.sent_at));
@@ -666,20 +658,6 @@ mod tests {
         // all, unambiguously (the newest, segment 1, left at 1 ms).
         assert_eq!(d.rtt, Some(Duration::from_millis(59)));
         assert_eq!(sb.lost_bytes(), 9500 - 1500);
-    }
-
-    #[test]
-    fn an_emptied_scoreboard_gives_its_room_back() {
-        let mut sb = Scoreboard::default();
-        for i in 0..40 {
-            sb.on_transmit(seq(i * MSS), seq((i + 1) * MSS), at(i as u64));
-        }
-        assert!(sb.segs.capacity() >= 40);
-        sb.on_ack(at(50), seq(20 * MSS), seq(40 * MSS), &[]);
-        assert!(sb.segs.capacity() >= 20, "kept while data is in flight");
-        sb.on_ack(at(60), seq(40 * MSS), seq(40 * MSS), &[]);
-        assert_eq!(sb.segs.capacity(), 0);
-        sb.check();
     }
 
     #[test]
