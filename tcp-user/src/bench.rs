@@ -337,7 +337,17 @@ async fn connect_request_response(
     let mut samples = Vec::new();
     while Instant::now() < deadline {
         let t = Instant::now();
-        let mut s = ep.connect(server).await?;
+        let mut s = match ep.connect(server).await {
+            Ok(s) => s,
+            // Every source port is in TIME-WAIT towards the server (the
+            // client closes first): the client's port range, not the
+            // server, is the limit for a moment. Wait for a port.
+            Err(e) if e.kind() == io::ErrorKind::AddrNotAvailable => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         s.set_nodelay(true)?;
         transaction(&mut s, &req, &mut resp).await?;
         s.shutdown().await?;
