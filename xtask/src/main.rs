@@ -12,6 +12,8 @@
 //!   the kernel's TCP server (see bench.rs); not part of `test`.
 
 mod bench;
+mod loadgen;
+mod report;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -74,7 +76,14 @@ enum Cmd {
     BenchServer {
         #[arg(long)]
         addr: std::net::Ipv4Addr,
+        /// Only echo (port 7), one thread on epoll (the request/response
+        /// workloads) instead of a thread per connection.
+        #[arg(long)]
+        epoll: bool,
     },
+    /// The request/response load generator of the benchmark (run by `bench`).
+    #[command(hide = true)]
+    BenchLoad(loadgen::LoadArgs),
     /// The client of the benchmark (run by `bench`).
     #[command(hide = true)]
     BenchClient {
@@ -115,7 +124,9 @@ fn main() -> ExitCode {
         Cmd::StateDiagram { check } => state_diagram(check),
         Cmd::Install { root } => setup().and_then(|_| install(&root)),
         Cmd::Bench(args) => setup().and_then(|_| bench::bench(args)),
-        Cmd::BenchServer { addr } => bench::server(addr),
+        Cmd::BenchServer { addr, epoll: false } => bench::server(addr),
+        Cmd::BenchServer { addr, epoll: true } => loadgen::epoll_echo_server(addr, 7),
+        Cmd::BenchLoad(args) => loadgen::load(args),
         Cmd::BenchClient {
             addr,
             direction,
