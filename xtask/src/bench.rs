@@ -592,6 +592,9 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
             Kind::Rr { .. } | Kind::Crr { .. } | Kind::Idle { .. } => {
                 let mut c = netns_cmd(NS_SRV, SRV_CPU, &ctx.xtask);
                 c.args(["bench-server", "--epoll", "--addr", &SRV_ADDR.to_string()]);
+                if let Kind::Idle { conns, .. } = w.kind {
+                    c.args(["--procs", &procs_for(conns).to_string()]);
+                }
                 ServerProc::start(
                     c,
                     &ctx.out_dir.join("kernel-server.log"),
@@ -608,7 +611,7 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
         Server::Endpoint => BTreeMap::new(),
         Server::Kernel => kernel_mib()?,
     };
-    let server_pid = proc.pid();
+    let server_pid = &proc.pids();
     let cpu_before = server_cpu_ns(server_pid)?;
     let mut r = match &w.kind {
         Kind::Bulk {
@@ -667,7 +670,7 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
     Ok(r)
 }
 
-fn cpu_ms_since(pid: u32, before: u64) -> Result<f64> {
+fn cpu_ms_since(pid: &[u32], before: u64) -> Result<f64> {
     Ok(server_cpu_ns(pid)?.saturating_sub(before) as f64 / 1e6)
 }
 
@@ -832,85 +835,118 @@ fn run_idle(
     w: &Workload,
     conns: usize,
     rr_conns: usize,
-    server_pid: u32,
+    server_pid: &[u32],
     load1: f64,
 ) -> Result<RunResult> {
     let mem_before = kernel_mem()?;
     let rss_before = rss_bytes(server_pid)?;
     let cpu_before = server_cpu_ns(server_pid)?;
-    let mut c = netns_cmd(NS_CLI, CLI_CPU, &ctx.xtask);
-    c.args([
-        "bench-load",
-        "--mode",
-        "idle",
-        "--addr",
-        &SRV_ADDR.to_string(),
-    ])
-    .args(["--port", &PORT_ECHO.to_string()])
-    .args(["--size", &RR_SIZE.to_string()])
-    .args(["--secs", &w.secs.to_string()])
-    .args(["--conns", &conns.to_string()])
-    .args(["--rr-conns", &rr_conns.to_string()])
-    .args(["--src-ports", IDLE_PORTS]);
-    for a in IDLE_SRC {
-        c.args(["--src", &a.to_string()]);
-    }
+    // One load generator per CONNS_PER_PROC connections (file limit),
+    // each with its own slice of the source addresses and ports; the
+    // first one runs the rr phase over the first `rr_conns`.
+    let procs = procs_for(conns);
+    let (tx, rx) = mpsc::channel::<(usize, String)>();
+    let mut children: Vec<Child> = Vec::new();
+    let mut stdins = Vec::new();
     let log = ctx.out_dir.join("bench-load.log");
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(File::create(&log)?))
-        .spawn()
-        .context("starting bench-load")?;
-    let stdout = child.stdout.take().context("no stdout pipe")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
+    let log_file = File::create(&log)?;
+    let mut first = 0;
+    for i in 0..procs {
+        let n = (conns - first).div_ceil(procs - i);
+        let mut c = netns_cmd(NS_CLI, CLI_CPU, &ctx.xtask);
+        c.args([
+            "bench-load",
+            "--mode",
+            "idle",
+            "--addr",
+            &SRV_ADDR.to_string(),
+        ])
+        .args(["--port", &PORT_ECHO.to_string()])
+        .args(["--size", &RR_SIZE.to_string()])
+        .args(["--secs", &w.secs.to_string()])
+        .args(["--conns", &n.to_string()])
+        .args(["--first", &first.to_string()])
+        .args(["--rr-conns", &if i == 0 { rr_conns } else { 0 }.to_string()])
+        .args(["--src-ports", IDLE_PORTS]);
+        for a in IDLE_SRC {
+            c.args(["--src", &a.to_string()]);
         }
-    });
-    let mut stdin = child.stdin.take().context("no stdin pipe")?;
-    let fail = |child: &mut Child, what: String| -> anyhow::Error {
-        let _ = child.kill();
-        let _ = child.wait();
+        first += n;
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file.try_clone()?))
+            .spawn()
+            .context("starting bench-load")?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((i, line)).is_err() {
+                    break;
+                }
+            }
+        });
+        stdins.push(child.stdin.take().context("no stdin pipe")?);
+        children.push(child);
+    }
+    let fail = |children: &mut Vec<Child>, what: String| -> anyhow::Error {
+        for c in children.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         anyhow!("{what}; bench-load: {}", text.trim())
     };
-    let wait_for = |prefix: &str, budget: Duration| -> Option<String> {
+    // The lines starting with `prefix`, one from each process.
+    let wait_all = |prefix: &str, budget: Duration| -> Option<Vec<String>> {
         let end = Instant::now() + budget;
-        while let Ok(line) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        let mut got: Vec<Option<String>> = vec![None; procs];
+        while got.iter().any(Option::is_none) {
+            let (i, line) = rx
+                .recv_timeout(end.saturating_duration_since(Instant::now()))
+                .ok()?;
             if let Some(rest) = line.strip_prefix(prefix) {
-                return Some(rest.to_owned());
+                got[i] = Some(rest.to_owned());
             }
         }
-        None
+        Some(got.into_iter().flatten().collect())
     };
-    let Some(opened) = wait_for("OPENED ", w.budget()) else {
+    let Some(opened) = wait_all("OPENED ", w.budget()) else {
         return Err(fail(
-            &mut child,
+            &mut children,
             format!("{conns} connections did not open"),
         ));
     };
-    let opened: Value = serde_json::from_str(&opened).context("parsing OPENED")?;
+    let opened: Vec<Value> = opened
+        .iter()
+        .map(|o| serde_json::from_str(o).unwrap_or(Value::Null))
+        .collect();
     // Let the last handshakes' work (accept, ACKs) finish.
     std::thread::sleep(Duration::from_secs(1));
     let open_cpu_ms = cpu_ms_since(server_pid, cpu_before)?;
     let mem_after = kernel_mem()?;
     let rss_after = rss_bytes(server_pid)?;
     let cpu_rr = server_cpu_ns(server_pid)?;
-    writeln!(stdin, "go")?;
-    let Some(result) = wait_for("RESULT ", w.budget()) else {
-        return Err(fail(&mut child, "the rr phase did not finish".to_owned()));
+    for s in &mut stdins {
+        writeln!(s, "go")?;
+    }
+    let Some(results) = wait_all("RESULT ", w.budget()) else {
+        return Err(fail(
+            &mut children,
+            "the rr phase did not finish".to_owned(),
+        ));
     };
     let rr_cpu_ms = cpu_ms_since(server_pid, cpu_rr)?;
-    drop(stdin);
-    let st = child.wait()?;
-    if !st.success() {
-        return Err(fail(&mut child, format!("bench-load exited with {st}")));
+    drop(stdins);
+    for i in 0..children.len() {
+        let st = children[i].wait()?;
+        if !st.success() {
+            return Err(fail(&mut children, format!("bench-load exited with {st}")));
+        }
     }
+    let result = &results[0];
     let out: Value = serde_json::from_str(&result).context("parsing RESULT")?;
     let mut r = rr_result(out, rr_cpu_ms, load1, "tps", "cpu_us_per_txn")?;
     let n = conns as f64;
@@ -930,7 +966,8 @@ fn run_idle(
         // For the kernel this is replaced once every run is in: see
         // isolate_kernel_server_memory.
         .metric("kib_per_conn", rss_delta / n / 1024.0);
-    r.detail["opened"] = opened;
+    r.detail["opened"] = json!(opened);
+    r.detail["client_processes"] = json!(procs);
     r.detail["memory"] = json!({
         "conns": conns,
         "server_rss_delta_bytes": rss_delta,
@@ -979,14 +1016,30 @@ fn kernel_mem() -> Result<BTreeMap<&'static str, u64>> {
     Ok(m)
 }
 
-fn rss_bytes(pid: u32) -> Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))
+/// The resident memory of processes `pids`, summed.
+fn rss_bytes(pids: &[u32]) -> Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status"))?;
+        total += s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    }
+    Ok(total)
+}
+
+/// Connections per process where one process holds a file per
+/// connection: this container's hard RLIMIT_NOFILE is 20,000 and cannot
+/// be raised without CAP_SYS_RESOURCE.
+const CONNS_PER_PROC: usize = 15_000;
+
+/// Processes for `conns` connections (kernel server, load generator).
+fn procs_for(conns: usize) -> usize {
+    conns.div_ceil(CONNS_PER_PROC).max(1)
 }
 
 /// The kernel's memory per server connection. The client's sockets live
@@ -1175,24 +1228,27 @@ fn napi_pids() -> Result<Vec<String>> {
         .collect())
 }
 
-/// Nanoseconds on a CPU of process `pid` (all its threads, also those
+/// Nanoseconds on a CPU of processes `pids` (all their threads, also those
 /// that have exited: utime + stime of `/proc/PID/stat`, in clock ticks)
 /// plus the server veth's NAPI kthreads (`/proc/*/schedstat`, whose first
 /// field is the time spent running in ns).
-fn server_cpu_ns(pid: u32) -> Result<u64> {
+fn server_cpu_ns(pids: &[u32]) -> Result<u64> {
     // Linux's USER_HZ is 100 on every architecture it exports it for.
     const NS_PER_TICK: u64 = 10_000_000;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the command name, which may contain spaces: state is
-    // the first, utime the 12th and stime the 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    let mut total = ticks * NS_PER_TICK;
+    let mut total = 0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
+        // Fields after the command name, which may contain spaces: state is
+        // the first, utime the 12th and stime the 13th.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        total += ticks * NS_PER_TICK;
+    }
     for p in napi_pids()? {
         let text = std::fs::read_to_string(format!("/proc/{p}/schedstat")).unwrap_or_default();
         total += text
@@ -1224,6 +1280,9 @@ fn pin_napi() -> Result<()> {
 /// A server process: READY seen, stopped (SIGTERM, then SIGKILL) on drop.
 struct ServerProc {
     child: Option<Child>,
+    /// Every process of the server (`pids=` on its ready line; else the
+    /// child alone).
+    pids: Vec<u32>,
 }
 
 impl ServerProc {
@@ -1250,9 +1309,21 @@ impl ServerProc {
                 }
             }
         });
-        let mut proc = ServerProc { child: Some(child) };
+        let pid = child.id();
+        let mut proc = ServerProc {
+            child: Some(child),
+            pids: vec![pid],
+        };
         match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(_) => Ok(proc),
+            Ok(line) => {
+                if let Some(p) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("pids="))
+                {
+                    proc.pids = p.split(',').filter_map(|p| p.parse().ok()).collect();
+                }
+                Ok(proc)
+            }
             other => {
                 proc.stop();
                 let log_text = std::fs::read_to_string(log).unwrap_or_default();
@@ -1264,9 +1335,9 @@ impl ServerProc {
         }
     }
 
-    /// The server's pid (`ip netns exec` and `taskset` exec it in place).
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+    /// The server's pids (`ip netns exec` and `taskset` exec it in place).
+    fn pids(&self) -> Vec<u32> {
+        self.pids.clone()
     }
 
     fn stop(&mut self) {

@@ -78,6 +78,10 @@ pub struct LoadArgs {
     /// idle: connections of the rr phase (the first ones opened).
     #[arg(long, default_value_t = 10_000)]
     pub rr_conns: usize,
+    /// idle: the index of this process's first connection among all the
+    /// benchmark's (several processes share the source ports).
+    #[arg(long, default_value_t = 0)]
+    pub first: usize,
     /// idle: handshakes in flight at most while opening.
     #[arg(long, default_value_t = 256)]
     pub max_pending: usize,
@@ -117,7 +121,7 @@ pub fn load(args: LoadArgs) -> Result<()> {
                 .filter(|(a, b)| a <= b && *a > 0)
                 .ok_or_else(|| anyhow!("--src-ports must be FIRST-LAST"))?;
             let per_addr = (hi - lo) as usize + 1;
-            if args.conns > per_addr * args.src.len() {
+            if args.first + args.conns > per_addr * args.src.len() {
                 bail!(
                     "{} connections need more than {} source addresses × {per_addr} ports",
                     args.conns,
@@ -129,6 +133,7 @@ pub fn load(args: LoadArgs) -> Result<()> {
                 addrs: &args.src,
                 first_port: lo,
                 per_addr,
+                first: args.first,
             };
             let mut conns = open_all(target, args.conns, Some(&src), args.max_pending)?;
             let open_secs = start.elapsed().as_secs_f64();
@@ -147,13 +152,21 @@ pub fn load(args: LoadArgs) -> Result<()> {
                 .context("waiting for the go line on stdin")?;
             check_idle(&conns)?;
             let rest = conns.split_off(args.rr_conns.min(conns.len()));
-            let mut r = rr(conns, args.size, secs)?;
+            let mut r = if conns.is_empty() {
+                json!({ "mode": "idle", "transactions": 0 })
+            } else {
+                rr(conns, args.size, secs)?
+            };
             r["idle_conns"] = json!(args.conns);
             r["open_secs"] = json!(open_secs);
+            println!("RESULT {r}");
+            std::io::stdout().flush()?;
+            // The others stay open until every process is done.
+            while std::io::stdin().lock().read_line(&mut line)? > 0 {}
             for c in &rest {
                 reset_on_close(c);
             }
-            r
+            return Ok(());
         }
     };
     println!("RESULT {result}");
@@ -282,10 +295,12 @@ struct Sources<'a> {
     addrs: &'a [Ipv4Addr],
     first_port: u16,
     per_addr: usize,
+    first: usize,
 }
 
 impl Sources<'_> {
     fn nth(&self, i: usize) -> SocketAddrV4 {
+        let i = self.first + i;
         SocketAddrV4::new(
             self.addrs[i / self.per_addr],
             self.first_port + (i % self.per_addr) as u16,
@@ -727,22 +742,51 @@ fn crr(to: SocketAddrV4, workers: usize, size: usize, secs: Duration) -> Result<
 /// instance, nonblocking sockets, until killed. Per connection it keeps
 /// only the socket (and bytes it could not write yet, if any), so the
 /// process's own memory per idle connection is a few bytes.
-pub fn epoll_echo_server(addr: Ipv4Addr, port: u16) -> Result<()> {
+pub fn epoll_echo_server(addr: Ipv4Addr, port: u16, procs: usize, worker: bool) -> Result<()> {
+    if worker {
+        // Go when the first process goes (it is the one the benchmark
+        // stops).
+        // Safety: plain prctl.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    }
     // As many connections as the limit allows (see raise_nofile).
     let _ = raise_nofile(1 << 20);
-    let l = TcpListener::bind(SocketAddrV4::new(addr, port))
-        .with_context(|| format!("binding {addr}:{port}"))?;
-    // listen() again: the backlog std picked may be small; the kernel
-    // caps it at net.core.somaxconn.
-    // Safety: plain syscall on a listening socket we own.
-    if unsafe { libc::listen(l.as_raw_fd(), 65535) } != 0 {
-        bail!("listen: {}", std::io::Error::last_os_error());
+    let l = listen_socket(SocketAddrV4::new(addr, port), procs > 1 || worker)
+        .with_context(|| format!("listening on {addr}:{port}"))?;
+    // More connections than one process may have files: more processes,
+    // one listener each on the same port (SO_REUSEPORT spreads the
+    // connections over them), all on the CPU this one was given.
+    let mut pids = vec![std::process::id()];
+    let mut children = Vec::new();
+    for _ in 1..procs.max(1) {
+        let mut c = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "bench-server",
+                "--epoll",
+                "--worker",
+                "--addr",
+                &addr.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting a worker process")?;
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.take().context("no stdout pipe")?).read_line(&mut line)?;
+        if !line.starts_with("READY") {
+            bail!("a worker process did not start: {line:?}");
+        }
+        pids.push(c.id());
+        children.push(c);
     }
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
     l.set_nonblocking(true)?;
     let mut ep = Epoll::new()?;
     const LISTENER: u64 = u64::MAX;
     ep.add(l.as_raw_fd(), IN, LISTENER)?;
-    println!("READY addr={addr} ports={port} (epoll echo)");
+    println!(
+        "READY addr={addr} ports={port} (epoll echo) pids={}",
+        pids.join(",")
+    );
     std::io::stdout().flush()?;
     let mut conns: HashMap<u64, TcpStream> = HashMap::new();
     let mut unsent: HashMap<u64, Vec<u8>> = HashMap::new();
@@ -779,6 +823,39 @@ pub fn epoll_echo_server(addr: Ipv4Addr, port: u16) -> Result<()> {
             }
         }
     }
+}
+
+/// A listening socket with a large backlog (the kernel caps it at
+/// net.core.somaxconn), with SO_REUSEPORT when asked.
+fn listen_socket(addr: SocketAddrV4, reuseport: bool) -> Result<TcpListener> {
+    // Safety: plain syscall; the fd is owned right after.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // Safety: a fresh descriptor nobody else owns.
+    let l = TcpListener::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if reuseport {
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    let sa = sockaddr(addr);
+    // Safety: sa is a valid sockaddr_in of the given size.
+    let r = unsafe {
+        libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        bail!("bind: {}", std::io::Error::last_os_error());
+    }
+    // Safety: plain syscall on a socket we own.
+    if unsafe { libc::listen(fd, 65535) } != 0 {
+        bail!("listen: {}", std::io::Error::last_os_error());
+    }
+    Ok(l)
 }
 
 /// Handles readiness on one echo connection; false when it is to be closed.
@@ -878,6 +955,7 @@ mod tests {
             addrs: &addrs,
             first_port: 10000,
             per_addr: 3,
+            first: 0,
         };
         assert_eq!(s.nth(0), "198.18.200.10:10000".parse().unwrap());
         assert_eq!(s.nth(2), "198.18.200.10:10002".parse().unwrap());
@@ -893,7 +971,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        std::thread::spawn(move || epoll_echo_server(Ipv4Addr::LOCALHOST, port));
+        std::thread::spawn(move || epoll_echo_server(Ipv4Addr::LOCALHOST, port, 1, false));
         let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let start = Instant::now();
         while TcpStream::connect(to).is_err() {

@@ -80,6 +80,13 @@ enum Cmd {
         /// workloads) instead of a thread per connection.
         #[arg(long)]
         epoll: bool,
+        /// With --epoll: processes, one SO_REUSEPORT listener each (for
+        /// more connections than one process may have open files).
+        #[arg(long, default_value_t = 1)]
+        procs: usize,
+        /// With --epoll: a process started by the first one.
+        #[arg(long)]
+        worker: bool,
     },
     /// The request/response load generator of the benchmark (run by `bench`).
     #[command(hide = true)]
@@ -124,8 +131,15 @@ fn main() -> ExitCode {
         Cmd::StateDiagram { check } => state_diagram(check),
         Cmd::Install { root } => setup().and_then(|_| install(&root)),
         Cmd::Bench(args) => setup().and_then(|_| bench::bench(args)),
-        Cmd::BenchServer { addr, epoll: false } => bench::server(addr),
-        Cmd::BenchServer { addr, epoll: true } => loadgen::epoll_echo_server(addr, 7),
+        Cmd::BenchServer {
+            addr, epoll: false, ..
+        } => bench::server(addr),
+        Cmd::BenchServer {
+            addr,
+            epoll: true,
+            procs,
+            worker,
+        } => loadgen::epoll_echo_server(addr, 7, procs, worker),
         Cmd::BenchLoad(args) => loadgen::load(args),
         Cmd::BenchClient {
             addr,
