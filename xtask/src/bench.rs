@@ -1123,10 +1123,30 @@ fn endpoint_counters(tcp_user: &Path, control: &Path) -> Result<BTreeMap<String,
     let counters = v["counters"]
         .as_object()
         .ok_or_else(|| anyhow!("tcp-user stat has no counters"))?;
-    Ok(counters
+    let mut c: BTreeMap<String, u64> = counters
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-        .collect())
+        .collect();
+    // The XDP verdicts, the driver's counters and the AF_XDP sockets'
+    // kernel statistics (summed over the sockets): drops outside the TCP
+    // core show here.
+    for key in ["xdp", "driver"] {
+        if let Some(m) = v[key].as_object() {
+            for (k, v) in m {
+                if let Some(v) = v.as_u64() {
+                    c.insert(format!("{key}.{k}"), v);
+                }
+            }
+        }
+    }
+    for sock in v["afxdp"].as_array().into_iter().flatten() {
+        for (k, v) in sock.as_object().into_iter().flatten() {
+            if let Some(v) = v.as_u64() {
+                *c.entry(format!("afxdp.{k}")).or_default() += v;
+            }
+        }
+    }
+    Ok(c)
 }
 
 /// The server namespace's TCP MIB (`/proc/net/snmp` and `netstat`, which

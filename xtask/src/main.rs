@@ -569,7 +569,10 @@ fn test(release: bool) -> Result<()> {
             .args(["test", "-p", "e2e-tests", "--", "--test-threads=1"])
             .env("TCP_EBPF_OBJ", ebpf_object())
             .env("TCP_USER_BIN", &bin)
-            .env("TCP_USER_EXAMPLES", bin.with_file_name("examples")),
+            .env("TCP_USER_EXAMPLES", bin.with_file_name("examples"))
+            // The benchmark's load generator and epoll server
+            // (tests/tests/xtask_loadgen.rs).
+            .env("XTASK_BIN", std::env::current_exe()?),
         &mut totals,
     )?;
     println!(

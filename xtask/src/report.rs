@@ -123,6 +123,16 @@ pub fn num(v: f64) -> String {
     }
 }
 
+/// The label of the axis tick 10^d.
+fn tick(d: f64) -> String {
+    let v = 10f64.powf(d);
+    if d >= 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.*}", (-d).round() as usize)
+    }
+}
+
 /// One run's figures, for the progress output.
 pub fn run_line(w: &Workload, r: &RunResult) -> String {
     let mut parts = Vec::new();
@@ -152,11 +162,11 @@ pub fn print_table(report: &Report) {
     };
     println!();
     println!(
-        "{:<21} {:<16} {:>26} {:>26} {:>9}  {}",
+        "{:<23} {:<16} {:>26} {:>26} {:>9}  {}",
         "workload", "metric", "endpoint", "kernel", "ep/kernel", "server CPU per unit"
     );
     println!(
-        "{:<21} {:<16} {:>26} {:>26} {:>9}  {}",
+        "{:<23} {:<16} {:>26} {:>26} {:>9}  {}",
         "", "", "median [min–max]", "median [min–max]", "", "endpoint / kernel (ratio)"
     );
     for (w, runs) in report {
@@ -176,7 +186,7 @@ pub fn print_table(report: &Report) {
             });
             let arrow = if m.higher_better { "↑" } else { "↓" };
             println!(
-                "{:<21} {:<16} {:>26} {:>26} {:>9}  {}",
+                "{:<23} {:<16} {:>26} {:>26} {:>9}  {}",
                 if i == 0 { w.name.as_str() } else { "" },
                 format!("{} {arrow}", m.unit),
                 cell(e),
@@ -377,7 +387,7 @@ pub fn chart_svg(report: &Report) -> String {
             s,
             r#"<text x="{xv:.1}" y="{}" text-anchor="middle">{}</text>"#,
             bottom + 16.0,
-            num(10f64.powf(d))
+            tick(d)
         );
         d += 1.0;
     }
@@ -455,6 +465,13 @@ mod tests {
         assert_eq!(summary(&[Err(anyhow!("x"))], "mbps"), None);
         let even = vec![ok(1.0), ok(2.0)];
         assert_eq!(summary(&even, "mbps"), Some((1.5, 1.0, 2.0)));
+    }
+
+    #[test]
+    fn ticks_are_plain_decimals() {
+        assert_eq!(tick(-2.0), "0.01");
+        assert_eq!(tick(0.0), "1");
+        assert_eq!(tick(2.0), "100");
     }
 
     #[test]
