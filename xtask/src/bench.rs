@@ -539,8 +539,16 @@ fn counters_note(c: &BTreeMap<String, u64>) -> String {
         get("retransmits"),
         get("fast_retransmits")
     );
-    if get("drop_table_full") > 0 {
-        s += &format!(" drop_table_full={}", get("drop_table_full"));
+    for k in [
+        "drop_table_full",
+        "afxdp.rx_ring_full",
+        "afxdp.rx_dropped",
+        "veth.to_server_dropped",
+        "veth.to_client_dropped",
+    ] {
+        if get(k) > 0 {
+            s += &format!(" {k}={}", get(k));
+        }
     }
     s
 }
@@ -612,6 +620,7 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
         Server::Kernel => kernel_mib()?,
     };
     let server_pid = &proc.pids();
+    let veth_before = veth_drops();
     let cpu_before = server_cpu_ns(server_pid)?;
     let mut r = match &w.kind {
         Kind::Bulk {
@@ -659,15 +668,42 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
             r.metrics.insert("tps".into(), cps);
             r
         }
-        Kind::Idle { conns, rr_conns } => run_idle(ctx, w, *conns, *rr_conns, server_pid, load1)?,
+        Kind::Idle { conns, rr_conns } => {
+            run_idle(ctx, w, server, *conns, *rr_conns, server_pid, load1)?
+        }
     };
     r.counters = match server {
         Server::Endpoint => endpoint_counters(&ctx.tcp_user, &control)?,
         Server::Kernel => kernel_counters(&before, &kernel_mib()?),
     };
+    for (k, v) in veth_drops() {
+        let d = v.saturating_sub(veth_before.get(&k).copied().unwrap_or(0));
+        r.counters.insert(k, d);
+    }
     r.detail["tx_offload"] = json!({ "client": cli_tx, "server": srv_tx });
     proc.stop();
     Ok(r)
+}
+
+/// Frames the veths dropped on their way to the server and to the client
+/// (the sending end's tx_dropped: a full receive ring on the other end).
+fn veth_drops() -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for (key, ns, dev) in [
+        ("veth.to_server_dropped", NS_MID, PORT_SRV),
+        ("veth.to_client_dropped", NS_SRV, IF_SRV),
+    ] {
+        let v = Command::new("ip")
+            .args(["netns", "exec", ns, "cat"])
+            .arg(format!("/sys/class/net/{dev}/statistics/tx_dropped"))
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok());
+        if let Some(v) = v {
+            m.insert(key.to_owned(), v);
+        }
+    }
+    m
 }
 
 fn cpu_ms_since(pid: &[u32], before: u64) -> Result<f64> {
@@ -833,6 +869,7 @@ fn rr_result(
 fn run_idle(
     ctx: &Ctx,
     w: &Workload,
+    server: Server,
     conns: usize,
     rr_conns: usize,
     server_pid: &[u32],
@@ -961,11 +998,16 @@ fn run_idle(
         })
         .collect();
     r.server_cpu_ms = open_cpu_ms + rr_cpu_ms;
+    let own = match server {
+        Server::Endpoint => rss_delta,
+        // Provisional (half the kernel's growth, the other half being the
+        // client's): replaced once every run is in, see
+        // isolate_kernel_server_memory.
+        Server::Kernel => rss_delta + mem_delta.get("total").copied().unwrap_or(0.0) / 2.0,
+    };
     r = r
         .metric("cpu_us_per_conn", open_cpu_ms * 1e3 / n)
-        // For the kernel this is replaced once every run is in: see
-        // isolate_kernel_server_memory.
-        .metric("kib_per_conn", rss_delta / n / 1024.0);
+        .metric("kib_per_conn", own / n / 1024.0);
     r.detail["opened"] = json!(opened);
     r.detail["client_processes"] = json!(procs);
     r.detail["memory"] = json!({

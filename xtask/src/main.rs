@@ -8,8 +8,9 @@
 //! - `test [--debug]`: every test, unit and end-to-end; fails when any
 //!   test fails or is skipped.
 //! - `state-diagram [--check]`: writes docs/tcp-states.{dot,svg}.
-//! - `bench [--only NAME] [--runs N] [--json PATH]`: the endpoint against
-//!   the kernel's TCP server (see bench.rs); not part of `test`.
+//! - `bench [--only NAME] [--runs N] [--json PATH] [--secs S]`: the
+//!   endpoint against the kernel's TCP server (see bench.rs, loadgen.rs,
+//!   report.rs); not part of `test`.
 
 mod bench;
 mod loadgen;
