@@ -984,7 +984,7 @@ fn run_idle(
         }
     }
     let result = &results[0];
-    let out: Value = serde_json::from_str(&result).context("parsing RESULT")?;
+    let out: Value = serde_json::from_str(result).context("parsing RESULT")?;
     let mut r = rr_result(out, rr_cpu_ms, load1, "tps", "cpu_us_per_txn")?;
     let n = conns as f64;
     let rss_delta = rss_after as f64 - rss_before as f64;
@@ -1647,8 +1647,6 @@ impl Drop for LossRules {
         LossRules::remove();
     }
 }
-
-/// Median, min and max of the successful runs' Mbit/s.
 
 // ---- the kernel server (`bench-server`) ----
 

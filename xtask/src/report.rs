@@ -162,12 +162,12 @@ pub fn print_table(report: &Report) {
     };
     println!();
     println!(
-        "{:<23} {:<16} {:>26} {:>26} {:>9}  {}",
-        "workload", "metric", "endpoint", "kernel", "ep/kernel", "server CPU per unit"
+        "{:<23} {:<16} {:>26} {:>26} {:>9}  server CPU per unit",
+        "workload", "metric", "endpoint", "kernel", "ep/kernel"
     );
     println!(
-        "{:<23} {:<16} {:>26} {:>26} {:>9}  {}",
-        "", "", "median [min–max]", "median [min–max]", "", "endpoint / kernel (ratio)"
+        "{:<23} {:<16} {:>26} {:>26} {:>9}  endpoint / kernel (ratio)",
+        "", "", "median [min–max]", "median [min–max]", ""
     );
     for (w, runs) in report {
         for (i, m) in w.metrics().iter().enumerate() {
