@@ -855,7 +855,7 @@ fn rr_result(
         .metric("secs", secs)
         .metric(rate_key, n as f64 / secs)
         .metric(cpu_key, server_cpu_ms * 1e3 / n as f64);
-    for k in ["p50_us", "p99_us", "p999_us", "max_us"] {
+    for k in ["mean_us", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
         if let Some(v) = out["latency"][k].as_f64() {
             r = r.metric(k, v);
         }

@@ -579,8 +579,12 @@ impl Latencies {
             let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
             Some(v[rank - 1] as f64 / 1e3)
         };
+        let mean = (!v.is_empty())
+            .then(|| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64 / 1e3);
         json!({
+            "mean_us": mean,
             "p50_us": pct(0.50),
+            "p90_us": pct(0.90),
             "p99_us": pct(0.99),
             "p999_us": pct(0.999),
             "max_us": pct(1.0),
@@ -945,6 +949,8 @@ mod tests {
         }
         let r = l.report();
         assert_eq!(r["p50_us"], 500.0);
+        assert_eq!(r["p90_us"], 900.0);
+        assert_eq!(r["mean_us"], 500.5);
         assert_eq!(r["p99_us"], 990.0);
         assert_eq!(r["p999_us"], 999.0);
         assert_eq!(r["max_us"], 1000.0);

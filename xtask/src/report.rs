@@ -197,6 +197,13 @@ pub fn print_table(report: &Report) {
         }
     }
     println!("(↑ higher is better, ↓ lower is better; server CPU per unit: lower is better)");
+    if report.iter().any(|(w, _)| w.name.ends_with("-offload")) {
+        println!(
+            "(*-offload: the kernel with Linux's default offloads on both veth ends (TSO/GSO); \
+             the endpoint with the client veth's tx checksum offload off, which its XDP \
+             program needs, the rest default. *-txoff: tx off on both ends for both.)"
+        );
+    }
     println!();
 }
 
