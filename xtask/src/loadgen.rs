@@ -879,7 +879,8 @@ fn serve_ready(
 ) -> std::io::Result<bool> {
     let fd = s.as_raw_fd();
     if let Some(rest) = unsent.get_mut(&token) {
-        if ev & OUT == 0 {
+        // An error or hang-up shows in the write below, which closes.
+        if ev & (OUT | ERR) == 0 {
             return Ok(true);
         }
         match (&*s).write(rest) {
