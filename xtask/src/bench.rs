@@ -1531,14 +1531,9 @@ impl BenchTopology {
         }
         // The kernel's veth sends CHECKSUM_PARTIAL, which the XDP program
         // rightly drops; the server side too, so both servers pay for
-        // software checksums alike.
-        for (ns, dev) in [(NS_CLI, IF_CLI), (NS_SRV, IF_SRV)] {
-            status(
-                Command::new("ip")
-                    .args(["netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"])
-                    .stdout(Stdio::null()),
-            )?;
-        }
+        // software checksums alike. (Every run sets both ends again,
+        // set_tx_offload: the iperf3 `-offload` workloads turn it on.)
+        set_tx_offload(false, false)?;
         // The bridge sees single segments: with checksum offload off the
         // client's veth cannot take GSO packets, so they are cut up in its
         // transmit path, before they cross to the bridge.
