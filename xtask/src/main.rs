@@ -8,10 +8,13 @@
 //! - `test [--debug]`: every test, unit and end-to-end; fails when any
 //!   test fails or is skipped.
 //! - `state-diagram [--check]`: writes docs/tcp-states.{dot,svg}.
-//! - `bench [--only NAME] [--runs N] [--json PATH]`: the endpoint against
-//!   the kernel's TCP server (see bench.rs); not part of `test`.
+//! - `bench [--only NAME] [--runs N] [--json PATH] [--secs S]`: the
+//!   endpoint against the kernel's TCP server (see bench.rs, loadgen.rs,
+//!   report.rs); not part of `test`.
 
 mod bench;
+mod loadgen;
+mod report;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -74,7 +77,21 @@ enum Cmd {
     BenchServer {
         #[arg(long)]
         addr: std::net::Ipv4Addr,
+        /// Only echo (port 7), one thread on epoll (the request/response
+        /// workloads) instead of a thread per connection.
+        #[arg(long)]
+        epoll: bool,
+        /// With --epoll: processes, one SO_REUSEPORT listener each (for
+        /// more connections than one process may have open files).
+        #[arg(long, default_value_t = 1)]
+        procs: usize,
+        /// With --epoll: a process started by the first one.
+        #[arg(long)]
+        worker: bool,
     },
+    /// The request/response load generator of the benchmark (run by `bench`).
+    #[command(hide = true)]
+    BenchLoad(loadgen::LoadArgs),
     /// The client of the benchmark (run by `bench`).
     #[command(hide = true)]
     BenchClient {
@@ -115,7 +132,16 @@ fn main() -> ExitCode {
         Cmd::StateDiagram { check } => state_diagram(check),
         Cmd::Install { root } => setup().and_then(|_| install(&root)),
         Cmd::Bench(args) => setup().and_then(|_| bench::bench(args)),
-        Cmd::BenchServer { addr } => bench::server(addr),
+        Cmd::BenchServer {
+            addr, epoll: false, ..
+        } => bench::server(addr),
+        Cmd::BenchServer {
+            addr,
+            epoll: true,
+            procs,
+            worker,
+        } => loadgen::epoll_echo_server(addr, 7, procs, worker),
+        Cmd::BenchLoad(args) => loadgen::load(args),
         Cmd::BenchClient {
             addr,
             direction,
@@ -544,7 +570,10 @@ fn test(release: bool) -> Result<()> {
             .args(["test", "-p", "e2e-tests", "--", "--test-threads=1"])
             .env("TCP_EBPF_OBJ", ebpf_object())
             .env("TCP_USER_BIN", &bin)
-            .env("TCP_USER_EXAMPLES", bin.with_file_name("examples")),
+            .env("TCP_USER_EXAMPLES", bin.with_file_name("examples"))
+            // The benchmark's load generator and epoll server
+            // (tests/tests/xtask_loadgen.rs).
+            .env("XTASK_BIN", std::env::current_exe()?),
         &mut totals,
     )?;
     println!(
