@@ -12,6 +12,7 @@
 //!   the kernel's TCP server (see bench.rs); not part of `test`.
 
 mod bench;
+mod bench_reflect;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,13 @@ enum Cmd {
         #[arg(long)]
         bytes: u64,
     },
+    /// The reflection ceiling: `tcp-user reflect` on the bench topology
+    /// (see bench_reflect.rs; root required).
+    #[command(hide = true)]
+    BenchReflect(bench_reflect::BenchReflectArgs),
+    /// The frame generator of `bench-reflect`.
+    #[command(hide = true)]
+    BenchReflectGen(bench_reflect::GenArgs),
 }
 
 const APT_PACKAGES: &[&str] = &[
@@ -121,6 +129,8 @@ fn main() -> ExitCode {
             direction,
             bytes,
         } => bench::client(addr, direction, bytes),
+        Cmd::BenchReflect(args) => setup().and_then(|_| bench_reflect::bench_reflect(args)),
+        Cmd::BenchReflectGen(args) => bench_reflect::generator(args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
