@@ -38,8 +38,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::bench::{
-    load_average, napi_pids, netns_cmd, pin_napi, BenchTopology, CLI_ADDR, CLI_CPU, IF_CLI,
-    IF_SRV, NS_CLI, NS_MID, NS_SRV, PORT_SRV, SRV_ADDR, SRV_CPU,
+    load_average, napi_pids, netns_cmd, pin_napi, BenchTopology, CLI_ADDR, CLI_CPU, IF_CLI, IF_SRV,
+    NS_CLI, NS_MID, NS_SRV, PORT_SRV, SRV_ADDR, SRV_CPU,
 };
 use crate::{build, is_root, root, say, CHILD, STOP};
 
@@ -346,7 +346,15 @@ struct FdbEntry;
 impl FdbEntry {
     fn args(op: &str) -> Vec<String> {
         [
-            "-n", NS_MID, "fdb", op, &mac_text(&GEN_MAC), "dev", PORT_SRV, "master", "static",
+            "-n",
+            NS_MID,
+            "fdb",
+            op,
+            &mac_text(&GEN_MAC),
+            "dev",
+            PORT_SRV,
+            "master",
+            "static",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -690,7 +698,10 @@ pub fn bench_reflect(args: BenchReflectArgs) -> Result<()> {
         let us = median_min_max(runs.iter().map(|r| r.server_us_per_frame()).collect());
         let share = median_min_max(runs.iter().map(|r| r.server_cpu_share()).collect());
         let (Some(fps), Some(us), Some(share)) = (fps, us, share) else {
-            println!("{len:>7} {:>9}  failed", if *busy { "busy" } else { "poll" });
+            println!(
+                "{len:>7} {:>9}  failed",
+                if *busy { "busy" } else { "poll" }
+            );
             continue;
         };
         println!(
