@@ -91,6 +91,11 @@ pub struct ReflectOpts {
     /// The reflector spins instead of sleeping in poll(2).
     pub busy_poll: bool,
     pub discard: Discard,
+    /// Leave the bridge's netfilter calls on (the topology as `bench`
+    /// uses it: br_netfilter sends every bridged IPv4 frame through the
+    /// iptables hooks, both ways). False turns them off in the bridge's
+    /// namespace for this measurement only.
+    pub bridge_nf: bool,
 }
 
 impl ReflectOpts {
@@ -102,6 +107,7 @@ impl ReflectOpts {
             batch: 64,
             busy_poll: false,
             discard: Discard::Bridge,
+            bridge_nf: true,
         }
     }
 }
@@ -113,6 +119,7 @@ pub struct ReflectResult {
     pub busy_poll: bool,
     pub batch: usize,
     pub discard: Discard,
+    pub bridge_nf: bool,
     /// Length of the interval, by the reflector's clock.
     pub secs: f64,
     /// Frames reflected in the interval.
@@ -152,6 +159,7 @@ impl ReflectResult {
             "busy_poll": self.busy_poll,
             "batch": self.batch,
             "discard": self.discard.name(),
+            "bridge_nf": self.bridge_nf,
             "secs": self.secs,
             "frames": self.frames,
             "frames_per_sec": self.frames_per_sec,
@@ -202,6 +210,11 @@ pub fn reflect_ceiling_with(
     let _fdb = match o.discard {
         Discard::Bridge => Some(FdbEntry::add()?),
         Discard::Client => None,
+    };
+    let _nf = if o.bridge_nf {
+        None
+    } else {
+        Some(BridgeNfOff::apply()?)
     };
     let log = root().join("target/bench/reflect.log");
     if let Some(dir) = log.parent() {
@@ -280,6 +293,7 @@ pub fn reflect_ceiling_with(
         busy_poll: o.busy_poll,
         batch: o.batch,
         discard: o.discard,
+        bridge_nf: o.bridge_nf,
         secs,
         frames,
         frames_per_sec: frames as f64 / secs.max(1e-9),
@@ -382,6 +396,55 @@ impl FdbEntry {
 impl Drop for FdbEntry {
     fn drop(&mut self) {
         FdbEntry::remove();
+    }
+}
+
+/// br_netfilter's calls into the iptables hooks turned off in the
+/// bridge's namespace; the previous values restored on drop.
+struct BridgeNfOff(Vec<(String, String)>);
+
+impl BridgeNfOff {
+    const KEYS: [&'static str; 3] = [
+        "net.bridge.bridge-nf-call-iptables",
+        "net.bridge.bridge-nf-call-ip6tables",
+        "net.bridge.bridge-nf-call-arptables",
+    ];
+
+    fn sysctl(arg: &str) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", NS_MID, "sysctl", "-n"])
+            .arg(arg)
+            .output()
+            .context("running sysctl")?;
+        if !out.status.success() {
+            bail!(
+                "sysctl {arg} in {NS_MID} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn apply() -> Result<BridgeNfOff> {
+        let mut saved = Vec::new();
+        for k in Self::KEYS {
+            // No br_netfilter in this kernel: nothing to turn off.
+            let Ok(v) = Self::sysctl(k) else { continue };
+            saved.push((k.to_owned(), v));
+        }
+        let guard = BridgeNfOff(saved);
+        for (k, _) in &guard.0 {
+            Self::sysctl(&format!("{k}=0"))?;
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for BridgeNfOff {
+    fn drop(&mut self) {
+        for (k, v) in &self.0 {
+            let _ = Self::sysctl(&format!("{k}={v}"));
+        }
     }
 }
 
@@ -607,6 +670,10 @@ pub struct BenchReflectArgs {
     /// Where the reflections are dropped.
     #[arg(long, value_enum, default_value = "bridge")]
     discard: Discard,
+    /// Turn br_netfilter's iptables calls off on the bridge for these
+    /// runs (the `bench` topology has them on, the kernel's default).
+    #[arg(long)]
+    no_bridge_nf: bool,
     /// Where to write every run as JSON [default: target/bench/reflect.json].
     #[arg(long)]
     json: Option<PathBuf>,
@@ -653,6 +720,7 @@ pub fn bench_reflect(args: BenchReflectArgs) -> Result<()> {
             o.batch = args.batch;
             o.busy_poll = busy;
             o.discard = args.discard;
+            o.bridge_nf = !args.no_bridge_nf;
             let mut runs = Vec::new();
             for run in 0..args.runs {
                 let r = reflect_ceiling_with(&tcp_user, &xtask, &o);
@@ -724,6 +792,7 @@ pub fn bench_reflect(args: BenchReflectArgs) -> Result<()> {
             "server": format!("{NS_SRV} {IF_SRV} {SRV_ADDR} cpu {SRV_CPU} (+ threaded NAPI kthread)"),
             "client": format!("{NS_CLI} {IF_CLI} {CLI_ADDR} cpu {CLI_CPU}"),
             "discard": args.discard.name(),
+            "bridge_nf": !args.no_bridge_nf,
         },
         "runs": all,
     });
