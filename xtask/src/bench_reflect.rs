@@ -758,8 +758,13 @@ pub fn bench_reflect(args: BenchReflectArgs) -> Result<()> {
     }
     println!();
     println!(
-        "{:>7} {:>9}  {:>28}  {:>26}  {:>9}",
-        "frame B", "mode", "frames/s median [min–max]", "server µs/frame [min–max]", "CPU share"
+        "{:>7} {:>9}  {:>28}  {:>26}  {:>9}  {:>16}",
+        "frame B",
+        "mode",
+        "frames/s median [min–max]",
+        "server µs/frame [min–max]",
+        "CPU share",
+        "1e6 / µs/frame"
     );
     for (len, busy, runs) in &rows {
         let fps = median_min_max(runs.iter().map(|r| r.frames_per_sec).collect());
@@ -772,12 +777,14 @@ pub fn bench_reflect(args: BenchReflectArgs) -> Result<()> {
             );
             continue;
         };
+        // What one whole server CPU would reflect at this cost per frame.
         println!(
-            "{len:>7} {:>9}  {:>28}  {:>26}  {:>8.0}%",
+            "{len:>7} {:>9}  {:>28}  {:>26}  {:>8.0}%  {:>16.0}",
             if *busy { "busy" } else { "poll" },
             format!("{:.0} [{:.0}–{:.0}]", fps.0, fps.1, fps.2),
             format!("{:.2} [{:.2}–{:.2}]", us.0, us.1, us.2),
-            share.0 * 100.0
+            share.0 * 100.0,
+            1e6 / us.0
         );
     }
     println!();
