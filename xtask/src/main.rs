@@ -10,6 +10,8 @@
 //! - `state-diagram [--check]`: writes docs/tcp-states.{dot,svg}.
 //! - `bench [--only NAME] [--runs N] [--json PATH]`: the endpoint against
 //!   the kernel's TCP server (see bench.rs); not part of `test`.
+//! - `bench-reflect` (hidden): the raw AF_XDP ceiling, `tcp-user reflect`
+//!   on the bench topology (see bench_reflect.rs).
 
 mod bench;
 mod bench_reflect;
