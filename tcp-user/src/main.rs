@@ -64,10 +64,10 @@ struct ReflectArgs {
     /// AF_XDP sockets to open, one per RX queue [default: every queue].
     #[arg(long)]
     queues: Option<u32>,
-    /// XDP attach mode: auto, native or generic [default: auto].
+    /// XDP attach mode: auto, native or generic.
     #[arg(long, default_value = "auto")]
     xdp_mode: XdpMode,
-    /// Log level on stderr [default: info].
+    /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log: tracing::Level,
 }
