@@ -96,6 +96,8 @@ pub struct ReflectOpts {
     /// iptables hooks, both ways). False turns them off in the bridge's
     /// namespace for this measurement only.
     pub bridge_nf: bool,
+    /// The generator sends through a PACKET_TX_RING instead of sendmmsg(2).
+    pub gen_tx_ring: bool,
 }
 
 impl ReflectOpts {
@@ -108,6 +110,7 @@ impl ReflectOpts {
             busy_poll: false,
             discard: Discard::Bridge,
             bridge_nf: true,
+            gen_tx_ring: false,
         }
     }
 }
@@ -240,6 +243,7 @@ pub fn reflect_ceiling_with(
         .args(["--port", &PORT.to_string()])
         .args(["--frame-len", &o.frame_len.to_string()])
         .args(["--duration", &format!("{:.3}", gen_secs.as_secs_f64())])
+        .args(o.gen_tx_ring.then_some("--tx-ring"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let gen = g.spawn().context("starting bench-reflect-gen")?;
@@ -674,6 +678,9 @@ pub struct BenchReflectArgs {
     /// runs (the `bench` topology has them on, the kernel's default).
     #[arg(long)]
     no_bridge_nf: bool,
+    /// The generator sends through a PACKET_TX_RING instead of sendmmsg(2).
+    #[arg(long)]
+    gen_tx_ring: bool,
     /// Where to write every run as JSON [default: target/bench/reflect.json].
     #[arg(long)]
     json: Option<PathBuf>,
@@ -721,6 +728,7 @@ pub fn bench_reflect(args: BenchReflectArgs) -> Result<()> {
             o.busy_poll = busy;
             o.discard = args.discard;
             o.bridge_nf = !args.no_bridge_nf;
+            o.gen_tx_ring = args.gen_tx_ring;
             let mut runs = Vec::new();
             for run in 0..args.runs {
                 let r = reflect_ceiling_with(&tcp_user, &xtask, &o);
@@ -800,6 +808,7 @@ pub fn bench_reflect(args: BenchReflectArgs) -> Result<()> {
             "client": format!("{NS_CLI} {IF_CLI} {CLI_ADDR} cpu {CLI_CPU}"),
             "discard": args.discard.name(),
             "bridge_nf": !args.no_bridge_nf,
+            "generator": if args.gen_tx_ring { "tx-ring" } else { "sendmmsg" },
         },
         "runs": all,
     });
@@ -876,9 +885,12 @@ pub struct GenArgs {
     /// Seconds to send.
     #[arg(long)]
     duration: f64,
-    /// Frames per sendmmsg(2).
+    /// Frames per sendmmsg(2) (or per send(2) kick with --tx-ring).
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Send through a PACKET_TX_RING (TPACKET_V2) instead of sendmmsg(2).
+    #[arg(long)]
+    tx_ring: bool,
 }
 
 fn parse_mac_arg(s: &str) -> std::result::Result<[u8; 6], String> {
@@ -974,6 +986,17 @@ pub fn generator(a: GenArgs) -> Result<()> {
         a.port,
     );
     let sock = PacketSocket::open(&a.iface)?;
+    if a.tx_ring {
+        let start = Instant::now();
+        let end = start + Duration::from_secs_f64(a.duration);
+        let (sent, busy) = send_through_ring(&sock, &frame, a.batch, end)?;
+        println!(
+            "GEN sent={sent} secs={:.6} busy={busy} cpu_us={}",
+            start.elapsed().as_secs_f64(),
+            own_cpu_us()
+        );
+        return Ok(());
+    }
     let mut iov: Vec<libc::iovec> = (0..a.batch)
         .map(|_| libc::iovec {
             iov_base: frame.as_ptr() as *mut libc::c_void,
@@ -1024,6 +1047,125 @@ pub fn generator(a: GenArgs) -> Result<()> {
         own_cpu_us()
     );
     Ok(())
+}
+
+/// The generator's loop over a TPACKET_V2 TX ring: every ring frame holds
+/// a copy of `frame` from the start; up to `batch` available ones are
+/// marked for sending, then one send(2) kick. The kernel marks a frame
+/// available again when its skb is freed. Returns (frames queued, kicks
+/// that found nothing to do or were refused).
+fn send_through_ring(
+    sock: &PacketSocket,
+    frame: &[u8],
+    batch: usize,
+    end: Instant,
+) -> Result<(u64, u64)> {
+    use std::sync::atomic::AtomicU32;
+    const TPACKET_V2: libc::c_int = 1;
+    const PACKET_VERSION: libc::c_int = 10;
+    const PACKET_TX_RING: libc::c_int = 13;
+    const TP_STATUS_AVAILABLE: u32 = 0;
+    const TP_STATUS_SEND_REQUEST: u32 = 1;
+    const TP_STATUS_WRONG_FORMAT: u32 = 4;
+    /// Frame slot size, block size and count: 512 slots.
+    const SLOT: usize = 2048;
+    const BLOCK: usize = 1 << 16;
+    const BLOCKS: usize = 16;
+    /// TPACKET2_HDRLEN - sizeof(struct sockaddr_ll): where TX data starts.
+    const DATA: usize = 32;
+    let slots = BLOCK / SLOT * BLOCKS;
+    sock.setopt(libc::SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        .context("PACKET_VERSION")?;
+    // struct tpacket_req: block size, block count, frame size, frame count.
+    let req: [libc::c_uint; 4] = [BLOCK as _, BLOCKS as _, SLOT as _, slots as _];
+    // Safety: setsockopt with a live 16-byte tpacket_req.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.0,
+            libc::SOL_PACKET,
+            PACKET_TX_RING,
+            req.as_ptr() as *const libc::c_void,
+            std::mem::size_of_val(&req) as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("PACKET_TX_RING");
+    }
+    let len = BLOCK * BLOCKS;
+    // Safety: maps the socket's ring, checked below, unmapped at the end.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            sock.0,
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error()).context("mmap of the TX ring");
+    }
+    let base = map as *mut u8;
+    let status = |i: usize| -> &AtomicU32 {
+        // Safety: slot i's header starts at i * SLOT inside the mapping,
+        // 4-byte aligned; the kernel and we only touch tp_status atomically.
+        unsafe { &*(base.add(i * SLOT) as *const AtomicU32) }
+    };
+    for i in 0..slots {
+        // Safety: slot i lies inside the mapping; its tp_len (offset 4) and
+        // data (offset 32, at most 1514 bytes < 2048 - 32) are ours while
+        // the slot is available, which all are before the first kick.
+        unsafe {
+            (base.add(i * SLOT + 4) as *mut u32).write(frame.len() as u32);
+            std::ptr::copy_nonoverlapping(frame.as_ptr(), base.add(i * SLOT + DATA), frame.len());
+        }
+    }
+    let (mut sent, mut busy, mut next) = (0u64, 0u64, 0usize);
+    let mut result = Ok(());
+    while Instant::now() < end {
+        let mut marked = 0;
+        while marked < batch {
+            let st = status(next).load(Ordering::Acquire);
+            if st & TP_STATUS_WRONG_FORMAT != 0 {
+                result = Err(anyhow!("the kernel refused a TX ring frame (wrong format)"));
+                break;
+            }
+            if st != TP_STATUS_AVAILABLE {
+                break;
+            }
+            status(next).store(TP_STATUS_SEND_REQUEST, Ordering::Release);
+            next = (next + 1) % slots;
+            marked += 1;
+        }
+        if result.is_err() {
+            break;
+        }
+        sent += marked as u64;
+        if marked == 0 {
+            busy += 1;
+        }
+        // Safety: a zero-length send(2) only kicks the TX ring.
+        let rc = unsafe { libc::send(sock.0, std::ptr::null(), 0, libc::MSG_DONTWAIT) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::ENOBUFS) | Some(libc::EINTR) => {
+                    busy += 1;
+                    std::thread::yield_now();
+                }
+                _ => {
+                    result = Err(anyhow::Error::new(e).context("send (TX ring kick)"));
+                    break;
+                }
+            }
+        } else if marked == 0 {
+            std::thread::yield_now();
+        }
+    }
+    // Safety: unmaps the mapping made above; nothing refers into it now.
+    unsafe { libc::munmap(map, len) };
+    result.map(|_| (sent, busy))
 }
 
 fn own_cpu_us() -> u64 {
