@@ -21,6 +21,10 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 
 use anyhow::{bail, Context};
 
+// In-place forwarding (RX frame → TX ring, no copy) for `tcp-user reflect`.
+mod in_place;
+pub use in_place::InPlaceBatch;
+
 /// How to bind: zero-copy needs driver support (veth has none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BindMode {

@@ -12,6 +12,8 @@
 //! - [`netlink`]: routes and neighbours from the kernel (active opens).
 //! - [`iperf3`]: a sans-IO iperf3-compatible test server.
 //! - [`bench`]: `tcp-user bench`, the load generator.
+//! - [`reflect`]: `tcp-user reflect`, the raw AF_XDP ceiling (frames
+//!   turned around in place, no TCP).
 
 pub mod afxdp;
 pub mod api;
@@ -25,6 +27,7 @@ pub mod iperf3;
 pub mod netlink;
 pub mod notify;
 pub mod pcap;
+pub mod reflect;
 pub mod services;
 pub mod tcp;
 pub mod wire;

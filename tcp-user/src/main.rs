@@ -33,6 +33,43 @@ enum Command {
     /// Load generator over the endpoint's own stack, against echo (7),
     /// discard (9) and chargen (19) servers: kernel ones or `tcp-user run`.
     Bench(BenchArgs),
+    /// The raw AF_XDP ceiling: the same XDP program and AF_XDP sockets as
+    /// `run`, but every TCP segment to --port is sent straight back in its
+    /// own UMEM frame (addresses and ports swapped), with no TCP at all.
+    Reflect(ReflectArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReflectArgs {
+    /// Interface to attach to.
+    #[arg(long)]
+    iface: String,
+    /// The address whose segments are reflected [default: the interface's
+    /// first IPv4 address].
+    #[arg(long)]
+    addr: Option<Ipv4Addr>,
+    /// The TCP port whose segments are reflected (claimed in XDP like a
+    /// listening port).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+    /// RX descriptors taken per socket per round (1 to 2048).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Seconds to run [default: until SIGINT/SIGTERM].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Spin on the rings instead of sleeping in poll(2) when they are empty.
+    #[arg(long)]
+    busy_poll: bool,
+    /// AF_XDP sockets to open, one per RX queue [default: every queue].
+    #[arg(long)]
+    queues: Option<u32>,
+    /// XDP attach mode: auto, native or generic.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: XdpMode,
+    /// Log level on stderr: error, warn, info, debug or trace.
+    #[arg(long, default_value = "info")]
+    log: tracing::Level,
 }
 
 #[derive(clap::Args, Debug)]
@@ -182,6 +219,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Stat(args) => stat(args),
         Command::Bench(args) => bench(args),
+        Command::Reflect(args) => reflect(args),
         Command::StateDiagram => {
             print!("{}", tcp_user::diagram::state_diagram_dot());
             Ok(())
@@ -345,5 +383,38 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if report.errors > 0 {
         anyhow::bail!("{} connection(s) failed", report.errors);
     }
+    Ok(())
+}
+
+fn reflect(args: ReflectArgs) -> anyhow::Result<()> {
+    let duration = match args.duration {
+        None => None,
+        Some(s) if s > 0.0 && s <= 86_400.0 => Some(Duration::from_secs_f64(s)),
+        Some(_) => anyhow::bail!("--duration must be between 0 and 86400 seconds"),
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(args.log)
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = tcp_user::reflect::ReflectConfig {
+        iface: args.iface,
+        addr: args.addr,
+        port: args.port,
+        batch: args.batch,
+        duration,
+        busy_poll: args.busy_poll,
+        queues: args.queues,
+        xdp_mode: args.xdp_mode,
+        log_level: args.log,
+    };
+    tcp_user::reflect::run(&cfg, |iface, sockets| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "READY iface={} addr={} ports={} queues={sockets} batch={} busy_poll={}",
+            iface.name, iface.addr, cfg.port, cfg.batch, cfg.busy_poll
+        );
+        let _ = out.flush();
+    })?;
     Ok(())
 }

@@ -39,17 +39,17 @@ use serde_json::{json, Value};
 use crate::report::{self, Metric, Report, RunResult};
 use crate::{build, is_root, root, say, status, CHILD, STOP};
 
-const NS_SRV: &str = "tcpu-bench-srv";
-const NS_CLI: &str = "tcpu-bench-cli";
-const NS_MID: &str = "tcpu-bench-mid";
+pub(crate) const NS_SRV: &str = "tcpu-bench-srv";
+pub(crate) const NS_CLI: &str = "tcpu-bench-cli";
+pub(crate) const NS_MID: &str = "tcpu-bench-mid";
 /// The bridge's ports, peers of IF_SRV and IF_CLI.
-const PORT_SRV: &str = "tb-srvp";
+pub(crate) const PORT_SRV: &str = "tb-srvp";
 const PORT_CLI: &str = "tb-clip";
-const IF_SRV: &str = "tb-srv0";
-const IF_CLI: &str = "tb-cli0";
+pub(crate) const IF_SRV: &str = "tb-srv0";
+pub(crate) const IF_CLI: &str = "tb-cli0";
 const SUBNET: &str = "198.18.200.0/24";
-const SRV_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 1);
-const CLI_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 2);
+pub(crate) const SRV_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 1);
+pub(crate) const CLI_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 2);
 /// The client's secondary addresses, sources of the idle connections
 /// (51,000 explicit source ports each, IDLE_PORTS).
 const IDLE_SRC: [Ipv4Addr; 3] = [
@@ -58,8 +58,8 @@ const IDLE_SRC: [Ipv4Addr; 3] = [
     Ipv4Addr::new(198, 18, 200, 12),
 ];
 const IDLE_PORTS: &str = "10000-60999";
-const SRV_CPU: &str = "1";
-const CLI_CPU: &str = "0";
+pub(crate) const SRV_CPU: &str = "1";
+pub(crate) const CLI_CPU: &str = "0";
 /// Both servers' minimum RTO: on a veth the RTT is microseconds, and
 /// Linux's 200 ms default would make every timeout dominate the run.
 const MIN_RTO_MS: u32 = 20;
@@ -712,7 +712,7 @@ fn cpu_ms_since(pid: &[u32], before: u64) -> Result<f64> {
 
 /// `ip netns exec NS taskset -c CPU PROGRAM`: both exec, so the child's
 /// pid is the program's own (signals reach it directly).
-fn netns_cmd(ns: &str, cpu: &str, program: &Path) -> Command {
+pub(crate) fn netns_cmd(ns: &str, cpu: &str, program: &Path) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns, "taskset", "-c", cpu])
         .arg(program);
@@ -1266,7 +1266,7 @@ fn kernel_counters(
     c
 }
 
-fn load_average() -> f64 {
+pub(crate) fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -1274,7 +1274,7 @@ fn load_average() -> f64 {
 }
 
 /// The server veth's NAPI kthreads (`napi/<iface>-<id>`).
-fn napi_pids() -> Result<Vec<String>> {
+pub(crate) fn napi_pids() -> Result<Vec<String>> {
     let out = Command::new("ps")
         .args(["-eo", "pid,comm"])
         .output()
@@ -1324,7 +1324,7 @@ fn server_cpu_ns(pids: &[u32]) -> Result<u64> {
 
 /// Pins the server veth's NAPI kthreads (`napi/<iface>-<id>`) to the
 /// server's CPU.
-fn pin_napi() -> Result<()> {
+pub(crate) fn pin_napi() -> Result<()> {
     let pids = napi_pids()?;
     if pids.is_empty() {
         bail!("no NAPI kthread for {IF_SRV} (threaded NAPI not in effect?)");
@@ -1434,10 +1434,10 @@ impl Drop for ServerProc {
 
 /// The namespaces and the veth pair; removed on drop (also on error and,
 /// through the signal flag, on Ctrl-C).
-struct BenchTopology;
+pub(crate) struct BenchTopology;
 
 impl BenchTopology {
-    fn create() -> Result<BenchTopology> {
+    pub(crate) fn create() -> Result<BenchTopology> {
         BenchTopology::remove();
         say(format!(
             "creating the bench topology: netns {NS_SRV} ({SRV_ADDR}, CPU {SRV_CPU}) <-bridge-> {NS_CLI} ({CLI_ADDR}, CPU {CLI_CPU})"

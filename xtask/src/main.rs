@@ -11,8 +11,11 @@
 //! - `bench [--only NAME] [--runs N] [--json PATH] [--secs S]`: the
 //!   endpoint against the kernel's TCP server (see bench.rs, loadgen.rs,
 //!   report.rs); not part of `test`.
+//! - `bench-reflect` (hidden): the raw AF_XDP ceiling, `tcp-user reflect`
+//!   on the bench topology (see bench_reflect.rs).
 
 mod bench;
+mod bench_reflect;
 mod loadgen;
 mod report;
 
@@ -102,6 +105,13 @@ enum Cmd {
         #[arg(long)]
         bytes: u64,
     },
+    /// The reflection ceiling: `tcp-user reflect` on the bench topology
+    /// (see bench_reflect.rs; root required).
+    #[command(hide = true)]
+    BenchReflect(bench_reflect::BenchReflectArgs),
+    /// The frame generator of `bench-reflect`.
+    #[command(hide = true)]
+    BenchReflectGen(bench_reflect::GenArgs),
 }
 
 const APT_PACKAGES: &[&str] = &[
@@ -147,6 +157,8 @@ fn main() -> ExitCode {
             direction,
             bytes,
         } => bench::client(addr, direction, bytes),
+        Cmd::BenchReflect(args) => setup().and_then(|_| bench_reflect::bench_reflect(args)),
+        Cmd::BenchReflectGen(args) => bench_reflect::generator(args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
