@@ -965,7 +965,7 @@ mod tests {
     const HEADROOM: u64 = 256;
 
     /// Anonymous memory laid out like a kernel ring, all indices at `start`.
-    fn fake_ring(size: u32, desc_size: usize, start: u32) -> Ring {
+    pub(super) fn fake_ring(size: u32, desc_size: usize, start: u32) -> Ring {
         let off = libc::xdp_ring_offset {
             producer: 0,
             consumer: 64,
@@ -988,7 +988,7 @@ mod tests {
     /// A socket whose rings are plain memory, with `start` as every ring's
     /// first index so the test crosses the 2^32 wrap; the "kernel" below
     /// plays the other side. Kicks go to /dev/null and fail harmlessly.
-    fn fake_socket(cfg: &XskConfig, start: u32) -> XskSocket {
+    pub(super) fn fake_socket(cfg: &XskConfig, start: u32) -> XskSocket {
         cfg.validate().unwrap();
         let desc = std::mem::size_of::<libc::xdp_desc>();
         let n = cfg.ring_size;
@@ -1005,7 +1005,7 @@ mod tests {
 
     /// The kernel's RX side: takes a fill-ring frame, writes `payload` past
     /// the headroom and publishes an RX descriptor. False if fill is empty.
-    fn kernel_receive(sock: &mut XskSocket, payload: &[u8]) -> bool {
+    pub(super) fn kernel_receive(sock: &mut XskSocket, payload: &[u8]) -> bool {
         let cons = sock.fill.consumer().load(Ordering::Relaxed);
         if sock.fill.producer().load(Ordering::Acquire) == cons {
             return false;
@@ -1036,7 +1036,7 @@ mod tests {
 
     /// The kernel's TX side: sends every published descriptor (into `wire`)
     /// and hands each frame back through the completion ring.
-    fn kernel_transmit(sock: &mut XskSocket, wire: &mut Vec<Vec<u8>>) {
+    pub(super) fn kernel_transmit(sock: &mut XskSocket, wire: &mut Vec<Vec<u8>>) {
         let prod = sock.tx.producer().load(Ordering::Acquire);
         let mut cons = sock.tx.consumer().load(Ordering::Relaxed);
         while cons != prod {
@@ -1052,7 +1052,7 @@ mod tests {
         sock.tx.consumer().store(cons, Ordering::Release);
     }
 
-    fn small_config() -> XskConfig {
+    pub(super) fn small_config() -> XskConfig {
         XskConfig {
             frame_size: 2048,
             frame_count: 8,
