@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Poll;
@@ -32,7 +32,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Notify};
 
-use crate::afxdp::{interface_queue_count, XskConfig, XskSocket};
+use crate::afxdp::{XskConfig, XskSocket};
 use crate::api::Apps;
 use crate::control::{ControlServer, Request, Snapshot};
 use crate::frame::{self, TxHeaders, TCP_OFFSET};
@@ -292,25 +292,7 @@ pub(crate) fn start(mut cfg: RunConfig) -> anyhow::Result<(Driver, Vec<u16>)> {
     let mut xdp = XdpAttachment::load_with_log_level(Some(iface.addr), cfg.log_level)
         .context("loading the XDP program")?;
 
-    let available = interface_queue_count(&iface.name)?;
-    let queues = match cfg.queues {
-        None => available,
-        Some(0) => bail!("--queues must be at least 1"),
-        Some(n) if n > available => {
-            bail!(
-                "--queues {n}: interface {} has only {available} RX queues",
-                iface.name
-            )
-        }
-        Some(n) => n,
-    };
-    let mut sockets = Vec::with_capacity(queues as usize);
-    for q in 0..queues {
-        let sock = XskSocket::new(&iface.name, q, &xsk_cfg)
-            .with_context(|| format!("opening the AF_XDP socket for queue {q}"))?;
-        xdp.register_xsk(q, sock.as_raw_fd())?;
-        sockets.push(sock);
-    }
+    let sockets = xdp.bind_queue_sockets(&iface.name, cfg.queues, &xsk_cfg)?;
 
     let mut stack = Stack::new(cfg.tcp.clone());
     let services = Services::new(&cfg.services);

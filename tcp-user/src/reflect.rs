@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tcp_common::{EthHdr, Ipv4Hdr, ETH_P_IPV4, IPPROTO_TCP};
 
-use crate::afxdp::{interface_queue_count, XskConfig, XskSocket, XskStatistics};
+use crate::afxdp::{XskConfig, XskSocket, XskStatistics};
 use crate::driver::Interface;
 use crate::xdp::{XdpAttachment, XdpMode};
 
@@ -251,24 +251,8 @@ pub fn run(cfg: &ReflectConfig, ready: impl FnOnce(&Interface, usize)) -> anyhow
     let iface = Interface::lookup(&cfg.iface, cfg.addr)?;
     let mut xdp = XdpAttachment::load_with_log_level(Some(iface.addr), cfg.log_level)
         .context("loading the XDP program")?;
-    let available = interface_queue_count(&iface.name)?;
-    let queues = match cfg.queues {
-        None => available,
-        Some(0) => bail!("--queues must be at least 1"),
-        Some(n) if n > available => bail!(
-            "--queues {n}: interface {} has only {available} RX queues",
-            iface.name
-        ),
-        Some(n) => n,
-    };
     let xsk_cfg = XskConfig::default();
-    let mut sockets = Vec::with_capacity(queues as usize);
-    for q in 0..queues {
-        let sock = XskSocket::new(&iface.name, q, &xsk_cfg)
-            .with_context(|| format!("opening the AF_XDP socket for queue {q}"))?;
-        xdp.register_xsk(q, sock.as_raw_fd())?;
-        sockets.push(sock);
-    }
+    let sockets = xdp.bind_queue_sockets(&iface.name, cfg.queues, &xsk_cfg)?;
     xdp.add_listen_port(cfg.port)?;
     install_signal_handlers()?;
     let mode = xdp.attach(&iface.name, cfg.xdp_mode)?;

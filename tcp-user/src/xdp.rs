@@ -6,9 +6,10 @@
 //! back. Nothing is pinned.
 
 use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::str::FromStr;
 
+use crate::afxdp::{interface_queue_count, XskConfig, XskSocket};
 use anyhow::{bail, Context};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{xdp, Xdp};
@@ -127,6 +128,33 @@ impl XdpAttachment {
             attached: None,
             logger,
         })
+    }
+    /// Opens one AF_XDP socket per RX queue to be served (all of the
+    /// interface's queues unless `requested` limits them: a socket sees
+    /// only its own queue) and enters each in the XskMap.
+    pub fn bind_queue_sockets(
+        &mut self,
+        ifname: &str,
+        requested: Option<u32>,
+        xsk_cfg: &XskConfig,
+    ) -> anyhow::Result<Vec<XskSocket>> {
+        let available = interface_queue_count(ifname)?;
+        let queues = match requested {
+            None => available,
+            Some(0) => bail!("--queues must be at least 1"),
+            Some(n) if n > available => {
+                bail!("--queues {n}: interface {ifname} has only {available} RX queues")
+            }
+            Some(n) => n,
+        };
+        let mut sockets = Vec::with_capacity(queues as usize);
+        for q in 0..queues {
+            let sock = XskSocket::new(ifname, q, xsk_cfg)
+                .with_context(|| format!("opening the AF_XDP socket for queue {q}"))?;
+            self.register_xsk(q, sock.as_raw_fd())?;
+            sockets.push(sock);
+        }
+        Ok(sockets)
     }
 
     /// Puts the AF_XDP socket of RX queue `queue` into the redirect map.
