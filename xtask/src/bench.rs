@@ -1407,23 +1407,24 @@ impl ServerProc {
             return;
         };
         CHILD.store(0, Ordering::SeqCst);
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = c.kill();
-                let _ = c.wait();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut c);
     }
+}
+
+/// SIGTERM to a server child, then up to 10 s for it to exit before
+/// SIGKILL.
+pub(crate) fn terminate(c: &mut Child) {
+    // Safety: kill(2) on our own child's pid, which `c` has not reaped yet.
+    unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+    let start = Instant::now();
+    while start.elapsed() <= Duration::from_secs(10) {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 impl Drop for ServerProc {

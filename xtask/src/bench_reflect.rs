@@ -576,20 +576,7 @@ impl ReflectorProc {
             return;
         };
         CHILD.store(0, Ordering::SeqCst);
-        // Safety: as in `sample`.
-        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                let _ = c.kill();
-                let _ = c.wait();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::bench::terminate(&mut c);
     }
 }
 
