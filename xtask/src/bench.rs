@@ -449,7 +449,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let chart_path = json_path.with_file_name("chart.svg");
     let ctx = Ctx {
         tcp_user: build(true)?,
-        xtask: std::env::current_exe().context("finding the xtask binary")?,
+        xtask: crate::release_xtask()?,
         out_dir: root().join("target/bench"),
     };
     std::fs::create_dir_all(&ctx.out_dir)

@@ -697,7 +697,7 @@ pub fn bench_reflect(args: BenchReflectArgs) -> Result<()> {
         bail!("--frame-len {bad} is outside {MIN_FRAME}..={MAX_FRAME}");
     }
     let tcp_user = build(true)?;
-    let xtask = std::env::current_exe().context("finding the xtask binary")?;
+    let xtask = crate::release_xtask()?;
     crate::install_signal_forwarding();
     let _topo = BenchTopology::create()?;
     let modes: &[bool] = match args.poll {

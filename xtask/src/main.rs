@@ -368,6 +368,16 @@ fn build(release: bool) -> Result<PathBuf> {
         .join("tcp-user"))
 }
 
+/// The xtask binary built with optimisations, for the benchmarks' own
+/// processes (the kernel-socket server and the load generator): `cargo
+/// xtask` runs a debug build, and a debug server or load generator would
+/// charge its own slowness to the kernel's side and to the client.
+fn release_xtask() -> Result<PathBuf> {
+    say("building xtask (release) for the bench server and load generator");
+    status(cmd("cargo").args(["build", "--release", "-p", "xtask"]))?;
+    Ok(root().join("target/release/xtask"))
+}
+
 /// The child's pid, for the signal handler to forward to.
 static CHILD: AtomicI32 = AtomicI32::new(0);
 static STOP: AtomicI32 = AtomicI32::new(0);
