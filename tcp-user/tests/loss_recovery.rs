@@ -15,7 +15,7 @@ mod sim;
 use std::time::Duration;
 
 use sim::net::{GilbertElliott, Link, Side};
-use sim::transfer::{bulk, check_clean_bulk, pattern, short_timers};
+use sim::transfer::{bulk, check_clean_bulk, check_clean_echo, echo, pattern, short_timers};
 use tcp_user::tcp::cc::Algorithm;
 use tcp_user::tcp::{Config, State};
 
@@ -523,4 +523,153 @@ fn bursty_nosack_cubic() {
 #[test]
 fn bursty_nosack_newreno() {
     cell(Loss::Bursty, false, Algorithm::NewReno);
+}
+
+// ---------------------------------------------------------------------
+// Echo: both directions at once, the echoing side application-limited.
+//
+// The benchmark's echo workload (`cargo xtask bench`, echo-1pct and
+// echo-5pct) on the simulator: A writes 16 MiB to B's echo server and
+// reads it back while writing; B sends only what it has read in order, and
+// reads only what its send buffer takes (as `tcp-user`'s echo service
+// does), so when B's sending falls behind, its receive window fills and
+// A sends up to the window's right edge. A's acknowledgments of the echo
+// ride on its data or go out as bare ACKs. The path is the benchmark's: a
+// LAN (0.1 ms one way), 1 Gbit/s, a queue far above what the 256 KiB
+// windows can fill (so every loss is the link's), a 20 ms minimum RTO and
+// the 40 ms delayed ACK of a Linux peer. The RTO expirations counted are
+// B's: the echoing side, the endpoint in the benchmark.
+
+const ECHO_LATENCY: Duration = Duration::from_micros(100);
+const ECHO_BANDWIDTH: u64 = 1_000_000_000;
+const ECHO_BANDWIDTH_BACK: u64 = 1_000_000_000;
+const ECHO_CLIENT_BUFFER: usize = 4 << 20;
+const ECHO_QUEUE: usize = 4_000_000;
+const ECHO_MIN_RTO: Duration = Duration::from_millis(20);
+
+struct EchoOutcome {
+    seed: u64,
+    rtos: u64,
+    probes: u64,
+    time: Duration,
+    /// B's drops of segments outside its window.
+    not_acceptable: u64,
+}
+
+fn echo_transfer(loss: Loss, seed: u64) -> EchoOutcome {
+    let cfg = Config {
+        min_rto: ECHO_MIN_RTO,
+        ..short_timers()
+    };
+    let mut link = loss.link();
+    link.latency = ECHO_LATENCY;
+    link.bandwidth = Some(ECHO_BANDWIDTH);
+    link.queue_limit = ECHO_QUEUE;
+    let back = Link {
+        bandwidth: Some(ECHO_BANDWIDTH_BACK),
+        ..link
+    };
+    let name = format!("echo-{}-{seed}", loss.label());
+    // B's receive buffer and reads are whole segments (1448 payload bytes
+    // beside timestamps, itself a multiple of the window scale unit 8):
+    // A's full-sized segments then end exactly at B's window edge, as a
+    // Linux sender's do (it fills the window with a short last segment).
+    let seg = MSS - 12;
+    let b_cfg = Config {
+        recv_buffer: 181 * seg,
+        ..cfg.clone()
+    };
+    let a_cfg = Config {
+        recv_buffer: ECHO_CLIENT_BUFFER,
+        send_buffer: ECHO_CLIENT_BUFFER,
+        ..cfg
+    };
+    let (net, a, b) = echo(
+        &name,
+        seed,
+        pattern(seed, LEN),
+        [link, back],
+        [a_cfg, b_cfg],
+        45 * seg,
+    );
+    check_clean_echo(&net, &a, &b);
+    EchoOutcome {
+        seed,
+        rtos: net.counter(Side::B, "rto_expirations"),
+        probes: net.counter(Side::B, "tail_loss_probes"),
+        // Until A has the whole echo and B's FIN (A's TIME-WAIT after it
+        // is not part of the transfer).
+        time: net
+            .entered(Side::A, sim::transfer::conn_id(&a), State::TimeWait)
+            .expect("A saw B's FIN")
+            .saturating_duration_since(net.start),
+        not_acceptable: net.counter(Side::B, "drop_not_acceptable"),
+    }
+}
+
+fn echo_cell(loss: Loss, max_rtos: u64) {
+    let mut rows = String::new();
+    let mut violations = Vec::new();
+    for seed in SEEDS {
+        let o = echo_transfer(loss, seed);
+        rows += &format!(
+            "| {:>6} | {:>4} | {:>4} | {:>4} | {:>6} | {:>8.3} | {:>6} |\n",
+            loss.label(),
+            o.seed,
+            o.rtos,
+            max_rtos,
+            o.probes,
+            o.time.as_secs_f64(),
+            o.not_acceptable,
+        );
+        if o.rtos > max_rtos {
+            violations.push(format!(
+                "seed {}: B had {} RTO expirations, bound {max_rtos}",
+                o.seed, o.rtos
+            ));
+        }
+    }
+    eprint!("| loss   | seed | rtos | max  | probes | time (s) | not acceptable |\n{rows}");
+    assert!(
+        violations.is_empty(),
+        "echo, loss {}:\n  {}",
+        loss.label(),
+        violations.join("\n  ")
+    );
+}
+
+// The bound. B sends the same N segments through the same loss as the
+// bulk sender above, and RACK-TLP promises it the same: a loss is found
+// from the SACK of anything B sent after it, and when B has nothing more
+// to send (it is application-limited: it has echoed all A's data that
+// arrived in order) the tail-loss probe sent after PTO = 2·SRTT (at the
+// RTO's time, when that comes first) draws the SACK instead. Echo adds no
+// way to an RTO: A's acknowledgments, riding on its data or bare, are lost
+// with the same p as a bulk receiver's, and while a hole in A's data
+// holds B's echo back, B's tail waits for the probe as a bulk sender's
+// does. So the bulk derivation's E[RTO] and 99.9 % bounds hold for B
+// (`SACK_MAX_RTOS_*`). What the algorithm does not promise, and what these
+// cells catch, is an RTO that waits for an acknowledgment that arrived:
+// one that B's acceptance test dropped (a bare ACK at B's full window's
+// right edge), or one A delayed (A's ACK of a segment that filled part of
+// a hole), or one the probe should have drawn.
+const ECHO_MAX_RTOS_1PCT: u64 = SACK_MAX_RTOS_1PCT;
+const ECHO_MAX_RTOS_5PCT: u64 = SACK_MAX_RTOS_5PCT;
+const ECHO_MAX_RTOS_BURSTY: u64 = SACK_MAX_RTOS_BURSTY;
+
+#[test]
+fn echo_no_loss() {
+    echo_cell(Loss::None, 0);
+}
+#[test]
+fn echo_random_1pct() {
+    echo_cell(Loss::Random(0.01), ECHO_MAX_RTOS_1PCT);
+}
+#[test]
+fn echo_random_5pct() {
+    echo_cell(Loss::Random(0.05), ECHO_MAX_RTOS_5PCT);
+}
+#[test]
+fn echo_bursty() {
+    echo_cell(Loss::Bursty, ECHO_MAX_RTOS_BURSTY);
 }

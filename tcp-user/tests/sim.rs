@@ -1121,15 +1121,18 @@ fn retry_limit() {
         (lower..=upper).contains(&took),
         "gave up after {took:?}, want {lower:?}..={upper:?}"
     );
+    // One segment in flight: its tail-loss probe would wait out a delayed
+    // ACK, past the RTO, so RFC 8985 §7.2 sends it at the RTO's time and
+    // re-arms the RTO after it (§7.3): one RTO more, then the doublings.
     assert_eq!(
         took,
-        backoff_total(rto, cfg.max_rto, cfg.max_retries),
-        "exactly max_retries doublings of the RTO in force"
+        rto + backoff_total(rto, cfg.max_rto, cfg.max_retries),
+        "one probe, then exactly max_retries doublings of the RTO in force"
     );
     assert_eq!(
         *data_segments.borrow(),
-        1 + cfg.max_retries,
-        "the original and max_retries retransmissions"
+        1 + 1 + cfg.max_retries,
+        "the original, the probe and max_retries retransmissions"
     );
     assert!(net.a.connections().is_empty());
 }

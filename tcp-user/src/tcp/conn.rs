@@ -518,9 +518,33 @@ impl Send {
             pto = pto.max(srtt * 3 / 2 + WORST_CASE_DELAYED_ACK);
         }
         let at = now + pto.max(MIN_PROBE_TIMEOUT);
-        if self.retx_at.is_none_or(|rto| at < rto) {
-            self.probe_at = Some(at);
+        // RFC 8985 §7.2: "if the time at which an RTO would fire ... is
+        // sooner than the computed time for the PTO, then the sender
+        // schedules a TLP to be sent at that RTO time." The probe then
+        // goes instead of the timeout (`probe_preempts_rto`), and the RTO
+        // is re-armed after it (§7.3). This matters when one segment is
+        // in flight: its PTO waits out the peer's delayed ACK (200 ms),
+        // far past a small RTO (20 ms in the benchmark), and a Linux peer
+        // delays the ACK of a lone segment 40 ms: without the probe the
+        // RTO fires, spuriously, and the window collapses to one segment.
+        self.probe_at = Some(match self.retx_at {
+            Some(rto) if rto < at => rto,
+            _ => at,
+        });
+    }
+
+    /// Whether a probe is due at `now` no later than the retransmission
+    /// timer (RFC 8985 §7.2: a probe scheduled at the RTO's time): then
+    /// the probe goes and the timeout waits another RTO (§7.3: "the
+    /// sender MUST ... re-arm the RTO timer" after sending a probe).
+    pub fn probe_preempts_rto(&mut self, now: Instant) -> bool {
+        let Some(probe) = self.probe_at.filter(|&p| p <= now) else {
+            return false;
+        };
+        if self.retx_at.is_some_and(|rto| probe <= rto) {
+            self.retx_at = Some(now + self.rto);
         }
+        true
     }
 
     /// A loss timer fired: RACK's reordering timer looks again; the probe
@@ -1634,11 +1658,28 @@ fn emit_data(
         }
     }
     // Send no more than both windows allow (RFC 5681 §3.1: min(cwnd, rwnd)):
-    // the peer's window counts sequence space from SND.UNA, cwnd counts
-    // what is in the network. A probe goes whatever cwnd says (RFC 8985
-    // §7.3).
-    let in_flight_bytes = snd.snd_nxt.diff(snd.snd_una).max(0) as usize;
-    let rwnd_room = (snd.snd_wnd as usize).saturating_sub(in_flight_bytes);
+    // the peer's window counts sequence space, cwnd counts what is in the
+    // network. A probe goes whatever cwnd says (RFC 8985 §7.3).
+    //
+    // The peer's window ends at SND.WL2 + SND.WND, not SND.UNA + SND.WND.
+    // RFC 9293 §3.10.7.4: "SND.WND is an offset from SND.UNA, ... SND.WL1
+    // records the sequence number of the last segment used to update
+    // SND.WND, and SND.WL2 records the acknowledgment number of the last
+    // segment used to update SND.WND. The check here prevents using old
+    // segments to update the window." A segment that check turns away (a
+    // retransmission, its SEG.SEQ below SND.WL1) still moves SND.UNA; the
+    // window it carries was computed from that newer ACK but is not taken,
+    // so SND.UNA + SND.WND would reach past every edge the peer offered
+    // (the window is the offset from the ACK of the segment that carried
+    // it, RFC 9293 §3.8.6). What lies beyond the edge the peer drops as
+    // unacceptable, and so it does the bare ACKs that carry that SND.NXT.
+    let edge = snd.snd_wl2 + snd.snd_wnd;
+    let from = if snd.snd_nxt.lt(snd.snd_una) {
+        snd.snd_una
+    } else {
+        snd.snd_nxt
+    };
+    let rwnd_room = edge.diff(from).max(0) as usize;
     let cwnd_room = if probe || (follow && unsent >= mss) {
         mss.max(cwnd.saturating_sub(pipe))
     } else {

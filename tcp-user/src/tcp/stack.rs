@@ -507,7 +507,23 @@ impl Stack {
         let c = self.conns.get_mut(&id).expect("exists");
         let rcv = c.tcb.rcv().expect("synchronized");
         let (rcv_nxt, wnd) = (rcv.rcv_nxt, rcv.rcv_wnd());
-        let acceptable = segment_acceptable(rcv_nxt, wnd, seg.seq, seg_len);
+        // A segment without data whose SEG.SEQ is the window's right edge
+        // is taken too. The acceptance test's "RCV.NXT =< SEG.SEQ <
+        // RCV.NXT+RCV.WND" leaves it out, but it is what a sender that
+        // filled our window sends: its SND.NXT is then our RCV.NXT+RCV.WND
+        // (RFC 9293 §3.3.1: "SND.UNA + SND.WND" bounds what it may send),
+        // and every bare ACK it sends carries that SND.NXT. It occupies no
+        // sequence space beyond the window, exactly like the segment with
+        // SEG.SEQ = RCV.NXT that the zero-window row accepts, for which
+        // the RFC asks "special allowance ... to accept valid ACKs".
+        // Dropping it loses every acknowledgment of our data the peer
+        // sends while our window is full, and only the retransmission
+        // timer ends the wait (an echo server's window fills whenever its
+        // sending falls behind). Linux accepts it (tcp_sequence: "!after(
+        // seq, rcv_nxt + tcp_receive_window)"). Not for a RST: one outside
+        // the window is still dropped silently (RFC 5961 §3.2).
+        let at_right_edge = seg_len == 0 && !seg.has(RST) && seg.seq == rcv_nxt + wnd;
+        let acceptable = segment_acceptable(rcv_nxt, wnd, seg.seq, seg_len) || at_right_edge;
         // "If the RCV.WND is zero, no segments will be acceptable, but
         // special allowance should be made to accept valid ACKs, URGs, and
         // RSTs": a zero-window probe still carries a usable ACK.
@@ -696,11 +712,20 @@ impl Stack {
                     // numbers ahead of ours and its ACKs unacceptable.)
                     let take = data.len().min(rcv.rcv_wnd() as usize);
                     if take > 0 {
+                        // RFC 5681 §4.2: "an immediate ACK SHOULD be
+                        // generated when a segment arrives that fills in
+                        // all or part of a gap in the sequence space": in
+                        // order while data beyond a hole is held, the
+                        // segment fills at least part of that gap. (A
+                        // delayed ACK here holds the peer's recovery up by
+                        // the delayed-ACK timeout: its retransmission's
+                        // ACK, and the SACK naming the next hole, come
+                        // 40 ms late, past a small RTO.)
+                        let fills_gap = !rcv.out_of_order.is_empty();
                         rcv.recv_buf.extend(&data[..take]);
                         rcv.rcv_nxt += take as u32;
-                        if rcv.drain_out_of_order() {
-                            // RFC 5681 §4.2: a segment that fills a gap is
-                            // acknowledged at once.
+                        rcv.drain_out_of_order();
+                        if fills_gap {
                             rcv.ack_now = true;
                         }
                         self.events.push_back(Event::Readable(id));
@@ -906,6 +931,7 @@ impl Stack {
                 continue;
             }
             if let Some(snd) = c.tcb.snd_mut() {
+                snd.probe_preempts_rto(now);
                 if snd.retx_at.is_some_and(|d| d <= now) {
                     snd.retx_at = None;
                     match snd.on_retransmit_timeout(now, &self.cfg) {

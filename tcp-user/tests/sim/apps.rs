@@ -47,6 +47,13 @@ pub struct Peer {
     pub send_errors: Vec<Error>,
     /// `recv` errors seen (other than WouldBlock).
     pub recv_errors: Vec<Error>,
+    /// An echo server (as `tcp-user`'s echo service): what it reads it
+    /// writes back; what the send buffer does not take waits in
+    /// `backlog`, and nothing more is read until it has gone (so a slow
+    /// send side closes the receive window). It closes once the peer's
+    /// FIN arrived and everything is echoed; `tx` is unused.
+    pub echo: bool,
+    pub backlog: Vec<u8>,
 }
 
 impl Peer {
@@ -69,6 +76,16 @@ impl Peer {
             connected: false,
             send_errors: Vec::new(),
             recv_errors: Vec::new(),
+            echo: false,
+            backlog: Vec::new(),
+        }
+    }
+
+    /// An echo server on `side` (see `echo`).
+    pub fn echo(side: Side) -> Peer {
+        Peer {
+            echo: true,
+            ..Peer::new(side, vec![], CloseWhen::Never)
         }
     }
 
@@ -130,6 +147,10 @@ impl Peer {
         }
         let now = net.now;
         let stack = net.stack(self.side);
+        if self.echo {
+            self.pump_echo(stack, now, conn);
+            return;
+        }
         // Writes wait for the handshake: CLOSE in SYN-SENT deletes the
         // connection with whatever was queued (RFC 9293 §3.10.4).
         if self.connected && !self.shut && !self.closed {
@@ -185,6 +206,50 @@ impl Peer {
         }
         // A close that released the connection at once (e.g. an abort)
         // still reports through an event, taken on the next pump.
+    }
+}
+
+impl Peer {
+    /// The echo server's turn: write the backlog, read only when it is
+    /// gone, close after the peer's FIN once all is echoed.
+    fn pump_echo(&mut self, stack: &mut tcp_user::tcp::Stack, now: Instant, conn: ConnId) {
+        let mut buf = vec![0u8; self.read_chunk];
+        loop {
+            if !self.backlog.is_empty() {
+                match stack.send(now, conn, &self.backlog) {
+                    Ok(n) => {
+                        self.written += n;
+                        self.backlog.drain(..n);
+                    }
+                    Err(e) => {
+                        self.send_errors.push(e);
+                        self.backlog.clear();
+                    }
+                }
+                if !self.backlog.is_empty() {
+                    return;
+                }
+            }
+            if self.eof {
+                if !self.closed {
+                    stack.close(now, conn).unwrap();
+                    self.closed = true;
+                }
+                return;
+            }
+            match stack.recv(now, conn, &mut buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.rx.extend_from_slice(&buf[..n]);
+                    self.backlog.extend_from_slice(&buf[..n]);
+                }
+                Err(Error::WouldBlock) => return,
+                Err(e) => {
+                    self.recv_errors.push(e);
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -135,3 +135,55 @@ pub fn report(net: &SimNet, len: usize) {
         net.stats
     );
 }
+
+/// A connects to B's echo server, writes `data`, shuts its write side
+/// down and reads the echo to the end, then closes; B echoes everything
+/// and closes after A's FIN. Runs until both connections are released.
+pub fn echo(
+    name: &str,
+    seed: u64,
+    data: Vec<u8>,
+    links: [Link; 2],
+    configs: [Config; 2],
+    read_chunk: usize,
+) -> (SimNet, Peer, Peer) {
+    let [ca, cb] = configs;
+    let mut net = SimNet::with_configs(name, seed, ca, cb);
+    net.links = links;
+    let mut b = Peer::echo(Side::B).listen(&mut net, 7);
+    b.read_chunk = read_chunk;
+    let mut a =
+        Peer::new(Side::A, data, CloseWhen::ShutdownThenAfterEof).connect(&mut net, 40000, 7);
+    run_to_completion(&mut net, &mut a, &mut b);
+    (net, a, b)
+}
+
+/// What every clean echo must show: A got back exactly what it sent, B
+/// read all of it, both closed without error and released everything.
+pub fn check_clean_echo(net: &SimNet, a: &Peer, b: &Peer) {
+    assert_same_bytes(net, "B received", &b.rx, &a.tx);
+    assert_same_bytes(net, "A got back", &a.rx, &a.tx);
+    if a.result != Some(None) || b.result != Some(None) {
+        net.fail(&format!(
+            "not a clean close: A {:?}, B {:?}",
+            a.result, b.result
+        ));
+    }
+    let errors = [
+        &a.send_errors,
+        &a.recv_errors,
+        &b.send_errors,
+        &b.recv_errors,
+    ];
+    if errors.iter().any(|e| !e.is_empty()) {
+        net.fail(&format!(
+            "errors (A send, A recv, B send, B recv): {errors:?}"
+        ));
+    }
+    for side in [Side::A, Side::B] {
+        if !net.stack_ref(side).connections().is_empty() {
+            net.fail(&format!("{side:?} still has connections"));
+        }
+    }
+    assert_corruption_caught(net);
+}
