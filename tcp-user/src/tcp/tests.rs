@@ -246,6 +246,58 @@ fn out_of_order_data_is_held_and_delivered_in_order() {
 }
 
 #[test]
+fn a_segment_filling_part_of_a_gap_is_acked_at_once() {
+    let (mut p, _c) = Peer::established();
+    let start = p.seq;
+    p.send_raw(ACK, start + 6, p.ack, 65535, b"ghi");
+    assert_eq!(p.one().ack, start, "out of order: duplicate ACK");
+    // In order, but "def" is still missing: RFC 5681 §4.2 wants the ACK
+    // now, not after the delayed-ACK timeout.
+    p.send_raw(ACK, start, p.ack, 65535, b"abc");
+    assert_eq!(p.one().ack, start + 3, "part of the gap filled");
+}
+
+#[test]
+fn a_bare_ack_at_the_windows_right_edge_is_taken() {
+    let cfg = Config {
+        recv_buffer: 4096,
+        ..config()
+    };
+    let mut p = Peer::new();
+    p.stack = Stack::new(cfg);
+    p.stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+    p.send_full(SYN, PEER_ISS, 0, 65535, &[], Some(1460), PORT);
+    p.seq = PEER_ISS + 1;
+    let synack = p.one();
+    assert_eq!(synack.window, 4096);
+    p.ack = synack.seq + 1;
+    p.send(ACK, &[]);
+    let Some(Event::Accepted { conn: c, .. }) = p.events().first().copied() else {
+        panic!()
+    };
+    // Our data goes out.
+    p.stack.send(p.now, c, b"echo").unwrap();
+    let data = p.one();
+    assert_eq!(data.payload, b"echo");
+    // The peer fills our window to its edge, the first 2048 bytes lost:
+    // its SND.NXT is now our RCV.NXT + RCV.WND.
+    let start = p.seq;
+    p.send_raw(ACK, start + 2048, p.ack, 65535, &[9; 2048]);
+    p.outputs();
+    // Its bare ACK of our data carries that SND.NXT.
+    let edge = start + 4096;
+    p.send_raw(ACK, edge, p.ack + 4, 65535, &[]);
+    let info = p.stack.connections();
+    assert_eq!(info[0].in_flight, 0, "the ACK at the right edge was taken");
+    assert!(p.outputs().is_empty(), "and not answered");
+    // One past the edge is still outside the window: answered, not taken.
+    p.stack.send(p.now, c, b"more").unwrap();
+    p.outputs();
+    p.send_raw(ACK, edge + 1, p.ack + 8, 65535, &[]);
+    assert_eq!(p.stack.connections()[0].in_flight, 4);
+}
+
+#[test]
 fn overlapping_segment_is_trimmed() {
     let (mut p, c) = Peer::established();
     let start = p.seq;
