@@ -712,11 +712,12 @@ impl Stack {
                     // numbers ahead of ours and its ACKs unacceptable.)
                     let take = data.len().min(rcv.rcv_wnd() as usize);
                     if take > 0 {
-                        // RFC 5681 §4.2: "an immediate ACK SHOULD be
-                        // generated when a segment arrives that fills in
-                        // all or part of a gap in the sequence space": in
-                        // order while data beyond a hole is held, the
-                        // segment fills at least part of that gap. (A
+                        // RFC 5681 §4.2: "the receiver SHOULD send an
+                        // immediate ACK when it receives a data segment
+                        // that fills in all or part of a gap in the
+                        // sequence space": in order while data beyond a
+                        // hole is held, the segment fills at least part of
+                        // that gap. (A
                         // delayed ACK here holds the peer's recovery up by
                         // the delayed-ACK timeout: its retransmission's
                         // ACK, and the SACK naming the next hole, come
