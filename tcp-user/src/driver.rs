@@ -80,7 +80,8 @@ pub struct RunConfig {
     /// Level of the XDP program's own log records (aya-log).
     pub log_level: tracing::Level,
     /// Spin on the rings when idle instead of sleeping until a socket is
-    /// readable or a timer is due: lower latency, one CPU kept busy.
+    /// readable or a timer is due (one CPU kept busy), and ask the kernel
+    /// to busy-poll each socket's NAPI context, where it has one.
     pub busy_poll: bool,
 }
 
