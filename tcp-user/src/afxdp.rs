@@ -883,9 +883,16 @@ impl XskSocket {
     }
 
     /// Reads SO_INCOMING_NAPI_ID again (the kernel records it from the
-    /// socket's traffic, so it can appear after the first frames) and
-    /// returns it; 0 when there is none or the kernel will not say.
+    /// socket's traffic, so it can appear after the first frames), keeps it
+    /// for [`kernel_busy_poll`](Self::kernel_busy_poll) and returns it.
     pub fn refresh_napi_id(&mut self) -> u32 {
+        self.napi_id = self.incoming_napi_id();
+        self.napi_id
+    }
+
+    /// The kernel's SO_INCOMING_NAPI_ID for this socket right now; 0 when
+    /// there is none or the kernel will not say.
+    pub fn incoming_napi_id(&self) -> u32 {
         let mut id: libc::c_uint = 0;
         let mut len = std::mem::size_of::<libc::c_uint>() as libc::socklen_t;
         // Safety: getsockopt writes at most `len` bytes into `id`.
@@ -898,13 +905,11 @@ impl XskSocket {
                 &mut len,
             )
         };
-        self.napi_id = if rc == 0 { id } else { 0 };
-        self.napi_id
-    }
-
-    /// The NAPI id read last by [`refresh_napi_id`](Self::refresh_napi_id).
-    pub fn napi_id(&self) -> u32 {
-        self.napi_id
+        if rc == 0 {
+            id
+        } else {
+            0
+        }
     }
 
     /// One non-blocking recvfrom, with which the kernel busy-polls the

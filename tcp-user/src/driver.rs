@@ -885,7 +885,8 @@ impl Driver {
             .map(|s| {
                 serde_json::json!({
                     "queue": s.queue_id(),
-                    "napi_id": s.napi_id(),
+                    // Read afresh: without --busy-poll nothing else reads it.
+                    "napi_id": s.incoming_napi_id(),
                     "kernel": to_map(s.statistics().as_pairs()),
                     "engine": to_map(s.counters().as_pairs()),
                 })
