@@ -131,6 +131,9 @@ pub struct XskCounters {
     pub rx_wakeups: u64,
     /// RX descriptors pointing outside the UMEM (skipped, frame recycled).
     pub rx_bad_descs: u64,
+    /// Non-blocking recvfrom calls that asked the kernel to busy-poll the
+    /// socket's NAPI context ([`XskSocket::kernel_busy_poll`]).
+    pub busy_polls: u64,
 }
 
 impl XskCounters {
@@ -144,6 +147,7 @@ impl XskCounters {
             ("tx_kick_errors", self.tx_kick_errors),
             ("rx_wakeups", self.rx_wakeups),
             ("rx_bad_descs", self.rx_bad_descs),
+            ("busy_polls", self.busy_polls),
         ]
     }
 }
@@ -407,6 +411,9 @@ pub struct XskSocket {
     /// TX descriptors written but not yet published.
     tx_pending: u32,
     counters: XskCounters,
+    /// The NAPI context the kernel recorded for the socket's traffic (0:
+    /// none), as last read by [`refresh_napi_id`](XskSocket::refresh_napi_id).
+    napi_id: u32,
 }
 
 /// The four rings of one socket, before they are assembled into it.
@@ -654,6 +661,7 @@ impl XskSocket {
             tx_free,
             tx_pending: 0,
             counters: XskCounters::default(),
+            napi_id: 0,
         }
     }
 
@@ -849,6 +857,85 @@ impl XskSocket {
         self.counters.tx_completed += n as u64;
     }
 
+    /// Asks the kernel to busy-poll this socket's NAPI context when we
+    /// call [`kernel_busy_poll`](Self::kernel_busy_poll): SO_PREFER_BUSY_POLL
+    /// on, SO_BUSY_POLL `usecs`, SO_BUSY_POLL_BUDGET `budget`. Stops at the
+    /// first option the kernel refuses and names it.
+    pub fn enable_kernel_busy_poll(&self, usecs: u32, budget: u32) -> anyhow::Result<()> {
+        let opts: [(&str, libc::c_int, libc::c_int); 3] = [
+            ("SO_PREFER_BUSY_POLL", libc::SO_PREFER_BUSY_POLL, 1),
+            (
+                "SO_BUSY_POLL",
+                libc::SO_BUSY_POLL,
+                libc::c_int::try_from(usecs).unwrap_or(libc::c_int::MAX),
+            ),
+            (
+                "SO_BUSY_POLL_BUDGET",
+                libc::SO_BUSY_POLL_BUDGET,
+                libc::c_int::try_from(budget).unwrap_or(libc::c_int::MAX),
+            ),
+        ];
+        for (name, opt, value) in opts {
+            setsockopt_level(&self.fd, libc::SOL_SOCKET, opt, &value)
+                .with_context(|| format!("setting {name} to {value}"))?;
+        }
+        Ok(())
+    }
+
+    /// Reads SO_INCOMING_NAPI_ID again (the kernel records it from the
+    /// socket's traffic, so it can appear after the first frames), keeps it
+    /// for [`kernel_busy_poll`](Self::kernel_busy_poll) and returns it.
+    pub fn refresh_napi_id(&mut self) -> u32 {
+        self.napi_id = self.incoming_napi_id();
+        self.napi_id
+    }
+
+    /// The kernel's SO_INCOMING_NAPI_ID for this socket right now; 0 when
+    /// there is none or the kernel will not say.
+    pub fn incoming_napi_id(&self) -> u32 {
+        let mut id: libc::c_uint = 0;
+        let mut len = std::mem::size_of::<libc::c_uint>() as libc::socklen_t;
+        // Safety: getsockopt writes at most `len` bytes into `id`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_INCOMING_NAPI_ID,
+                &mut id as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            id
+        } else {
+            0
+        }
+    }
+
+    /// One non-blocking recvfrom, with which the kernel busy-polls the
+    /// socket's NAPI context (when busy polling is enabled on it) — only
+    /// when the socket has a NAPI id: without one the call does nothing
+    /// but cost a system call. True when it was made.
+    pub fn kernel_busy_poll(&mut self) -> bool {
+        if self.napi_id == 0 {
+            return false;
+        }
+        self.counters.busy_polls += 1;
+        // Safety: a zero-length non-blocking recvfrom writes nothing
+        // through the null pointers; it only runs the kernel's busy poll.
+        unsafe {
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        true
+    }
+
     /// The kernel's statistics for this socket (zeroes if it won't say).
     pub fn statistics(&self) -> XskStatistics {
         let mut st = libc::xdp_statistics {
@@ -914,11 +1001,20 @@ impl AsFd for XskSocket {
 }
 
 fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, value: &T) -> io::Result<()> {
+    setsockopt_level(fd, libc::SOL_XDP, opt, value)
+}
+
+fn setsockopt_level<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
     // Safety: passes a pointer to a live `T` and its exact size.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_XDP,
+            level,
             opt,
             value as *const T as *const libc::c_void,
             std::mem::size_of::<T>() as libc::socklen_t,
@@ -1206,6 +1302,35 @@ mod tests {
             1
         }));
         assert_eq!(sock.tx_free(), 3);
+    }
+
+    #[test]
+    fn kernel_busy_poll_needs_a_napi_id() {
+        let mut sock = fake_socket(&small_config(), 0);
+        // /dev/null is no socket: no NAPI id, so no system call is made.
+        assert_eq!(sock.refresh_napi_id(), 0);
+        assert!(!sock.kernel_busy_poll());
+        assert_eq!(sock.counters().busy_polls, 0);
+        // With an id, every call is made and counted (the recvfrom on
+        // /dev/null fails harmlessly).
+        sock.napi_id = 7;
+        assert!(sock.kernel_busy_poll());
+        assert!(sock.kernel_busy_poll());
+        assert_eq!(sock.counters().busy_polls, 2);
+        assert!(sock.counters().as_pairs().contains(&("busy_polls", 2)));
+        // A refresh that finds none turns the calls off again.
+        assert_eq!(sock.refresh_napi_id(), 0);
+        assert!(!sock.kernel_busy_poll());
+    }
+
+    #[test]
+    fn refused_busy_poll_options_are_named() {
+        let sock = fake_socket(&small_config(), 0);
+        let e = sock.enable_kernel_busy_poll(50, 64).unwrap_err();
+        assert!(
+            format!("{e:#}").starts_with("setting SO_PREFER_BUSY_POLL to 1:"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! pcap = "/var/tmp/tcp-user.pcap"
 //! grace_ms = 5000
 //! log = "info"
-//! busy_poll = false           # spin on the rings instead of sleeping when idle
+//! busy_poll = false           # never sleep: spin on the rings, kernel busy polling (--busy-poll)
 //!
 //! [[service]]                 # the ports the endpoint owns
 //! name = "echo"

@@ -213,6 +213,15 @@ pub fn render_table(snap: &serde_json::Value) -> String {
     }
     if let Some(socks) = snap["afxdp"].as_array() {
         for s in socks {
+            // Busy polling (`--busy-poll`): the NAPI context the kernel
+            // polls on each turn's recvfrom (0: none, no recvfrom made).
+            let _ = writeln!(
+                out,
+                "AF_XDP queue {}: napi_id={} busy_polls={}",
+                s["queue"].as_u64().unwrap_or(0),
+                s["napi_id"].as_u64().unwrap_or(0),
+                s["engine"]["busy_polls"].as_u64().unwrap_or(0),
+            );
             let _ = writeln!(out, "AF_XDP: {s}");
         }
     }
@@ -244,6 +253,26 @@ mod tests {
         assert!(
             !t.contains("drop_bad_tcp_checksum"),
             "zero counters are hidden: {t}"
+        );
+    }
+
+    #[test]
+    fn table_shows_busy_polling_per_socket() {
+        let snap = serde_json::json!({
+            "connections": [], "states": {}, "xdp": {}, "counters": {}, "driver": {},
+            "afxdp": [
+                {"queue": 0, "napi_id": 8193, "kernel": {}, "engine": {"busy_polls": 42}},
+                {"queue": 1, "napi_id": 0, "kernel": {}, "engine": {"busy_polls": 0}}
+            ]
+        });
+        let t = render_table(&snap);
+        assert!(
+            t.contains("AF_XDP queue 0: napi_id=8193 busy_polls=42\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("AF_XDP queue 1: napi_id=0 busy_polls=0\n"),
+            "{t}"
         );
     }
 

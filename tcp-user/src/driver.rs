@@ -18,19 +18,32 @@
 //! an application handle has queued work, a control client asks for a
 //! snapshot, or a signal arrives. The core keeps
 //! its timers as data, so there is one wakeup however many connections.
+//!
+//! The wait is kept across turns ([`Waiter`]): one timer, re-armed only
+//! when the deadline the turn returned moves, one registration for the
+//! application's wake-ups, and signals, control requests and the log tick
+//! polled together ([`Events`]). With `--busy-poll` the loop never sleeps:
+//! between turns it only lets the runtime's other tasks run, and each turn
+//! first makes a non-blocking recvfrom on every socket that has a NAPI id,
+//! with which the kernel busy-polls the device (SO_PREFER_BUSY_POLL,
+//! SO_BUSY_POLL, SO_BUSY_POLL_BUDGET are set on each socket).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, Context as _};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Sleep;
 
 use crate::afxdp::{XskConfig, XskSocket};
 use crate::api::Apps;
@@ -67,7 +80,8 @@ pub struct RunConfig {
     /// Level of the XDP program's own log records (aya-log).
     pub log_level: tracing::Level,
     /// Spin on the rings when idle instead of sleeping until a socket is
-    /// readable or a timer is due: lower latency, one CPU kept busy.
+    /// readable or a timer is due (one CPU kept busy), and ask the kernel
+    /// to busy-poll each socket's NAPI context, where it has one.
     pub busy_poll: bool,
 }
 
@@ -292,7 +306,12 @@ pub(crate) fn start(mut cfg: RunConfig) -> anyhow::Result<(Driver, Vec<u16>)> {
     let mut xdp = XdpAttachment::load_with_log_level(Some(iface.addr), cfg.log_level)
         .context("loading the XDP program")?;
 
-    let sockets = xdp.bind_queue_sockets(&iface.name, cfg.queues, &xsk_cfg)?;
+    let mut sockets = xdp.bind_queue_sockets(&iface.name, cfg.queues, &xsk_cfg)?;
+    if cfg.busy_poll {
+        for sock in &mut sockets {
+            enable_kernel_busy_poll(sock);
+        }
+    }
 
     let mut stack = Stack::new(cfg.tcp.clone());
     let services = Services::new(&cfg.services);
@@ -374,50 +393,231 @@ struct Signals {
     int: tokio::signal::unix::Signal,
 }
 
+/// How often the XDP program's log records are flushed.
+const LOG_TICK: Duration = Duration::from_millis(250);
+
+/// With `--busy-poll`: how often (in turns) each socket's NAPI id is read
+/// again, since the kernel records it from traffic and it can appear late.
+const NAPI_ID_RECHECK_TURNS: u64 = 4096;
+
+/// With `--busy-poll`: SO_BUSY_POLL (µs) and SO_BUSY_POLL_BUDGET (frames)
+/// on every AF_XDP socket.
+const KERNEL_BUSY_POLL_USECS: u32 = 50;
+const KERNEL_BUSY_POLL_BUDGET: u32 = 64;
+
+/// What a turn leaves for the next one.
+#[derive(Clone, Copy, Debug)]
+struct Turn {
+    /// Work is left for an immediate next turn (a full RX batch, or TX
+    /// back-pressure).
+    more: bool,
+    /// When the earliest timer of the core or the services is due.
+    deadline: Option<Instant>,
+}
+
+/// What ended a wait.
+#[derive(Debug)]
+enum Wake {
+    /// An AF_XDP socket is readable.
+    Readable,
+    /// The deadline the wait was armed for passed.
+    Deadline,
+    /// An application handle queued work (or went away).
+    Notified,
+    /// Time to flush the XDP program's log records.
+    LogTick,
+    /// A control client asks for a snapshot.
+    Request(Request),
+    /// SIGTERM or SIGINT.
+    Signal,
+}
+
+/// The loop's sources besides the sockets, timers and wake-ups, polled
+/// together: signals and control requests (`run` only) and the log tick.
+struct Events {
+    signals: Option<Signals>,
+    requests: Option<mpsc::Receiver<Request>>,
+    log_tick: tokio::time::Interval,
+}
+
+impl Events {
+    fn new(signals: Option<Signals>, requests: Option<mpsc::Receiver<Request>>) -> Events {
+        let mut log_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + LOG_TICK, LOG_TICK);
+        log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        Events {
+            signals,
+            requests,
+            log_tick,
+        }
+    }
+
+    /// A signal, a control request or the log tick, in that order.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        if let Some(s) = &mut self.signals {
+            if s.term.poll_recv(cx).is_ready() || s.int.poll_recv(cx).is_ready() {
+                return Poll::Ready(Wake::Signal);
+            }
+        }
+        if let Some(rx) = &mut self.requests {
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(req)) => return Poll::Ready(Wake::Request(req)),
+                // Every sender is gone: nobody can ask any more.
+                Poll::Ready(None) => self.requests = None,
+                Poll::Pending => {}
+            }
+        }
+        if self.log_tick.poll_tick(cx).is_ready() {
+            return Poll::Ready(Wake::LogTick);
+        }
+        Poll::Pending
+    }
+}
+
+/// The idle wait, kept across turns: one timer, re-armed only when the
+/// deadline moves, and one registration for the application's wake-ups,
+/// replaced only after it fired.
+struct Waiter<'a> {
+    wake: &'a Notify,
+    /// Enabled at once, so a wake-up while the driver is busy with a turn
+    /// is kept for the next wait instead of lost.
+    notified: Pin<Box<Notified<'a>>>,
+    sleep: Pin<Box<Sleep>>,
+    /// What `sleep` is armed for; None: no timer (`sleep` waits far off
+    /// and is not polled).
+    armed: Option<tokio::time::Instant>,
+    /// How often `sleep` was re-armed.
+    rearms: u64,
+}
+
+/// Where the timer waits when there is no deadline.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+impl<'a> Waiter<'a> {
+    fn new(wake: &'a Notify) -> Waiter<'a> {
+        let mut notified = Box::pin(wake.notified());
+        notified.as_mut().enable();
+        Waiter {
+            wake,
+            notified,
+            sleep: Box::pin(tokio::time::sleep_until(far_future())),
+            armed: None,
+            rearms: 0,
+        }
+    }
+
+    /// Arms the timer for `deadline` unless it already is.
+    fn arm(&mut self, deadline: Option<tokio::time::Instant>) {
+        if deadline == self.armed {
+            return;
+        }
+        self.armed = deadline;
+        self.rearms += 1;
+        self.sleep
+            .as_mut()
+            .reset(deadline.unwrap_or_else(far_future));
+    }
+
+    /// True when the application's wake-up fired; a fresh one is then
+    /// registered straight away.
+    fn poll_notified(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.notified.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.notified.set(self.wake.notified());
+        self.notified.as_mut().enable();
+        true
+    }
+
+    /// Waits for the next reason to take a turn: a socket is readable,
+    /// `deadline` passed, an application handle queued work, or one of
+    /// `events`.
+    async fn idle(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+        readiness: &[AsyncFd<OwnedFd>],
+        events: &mut Events,
+    ) -> Wake {
+        self.arm(deadline);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(w) = events.poll_next(cx) {
+                return Poll::Ready(w);
+            }
+            if poll_readable(readiness, cx) {
+                return Poll::Ready(Wake::Readable);
+            }
+            if self.poll_notified(cx) {
+                return Poll::Ready(Wake::Notified);
+            }
+            if self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Deadline);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Between turns that do not sleep (work left, or busy polling): lets the
+/// runtime's other tasks run (the control socket, the application's
+/// handles), then takes whichever of `events` is ready, without waiting.
+async fn spin(events: &mut Events) -> Option<Wake> {
+    tokio::task::yield_now().await;
+    std::future::poll_fn(|cx| match events.poll_next(cx) {
+        Poll::Ready(w) => Poll::Ready(Some(w)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
+}
+
 impl Driver {
     async fn serve(
         &mut self,
-        mut requests: mpsc::Receiver<Request>,
+        requests: mpsc::Receiver<Request>,
         signals: Signals,
     ) -> anyhow::Result<()> {
-        let Signals {
-            term: mut sigterm,
-            int: mut sigint,
-        } = signals;
-        let mut log_tick = tokio::time::interval(Duration::from_millis(250));
-        log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let readiness: Vec<AsyncFd<OwnedFd>> = self
             .sockets
             .iter()
             .map(|s| s.readiness())
             .collect::<Result<_, _>>()
             .context("registering the AF_XDP sockets with tokio")?;
+        let shared = self.shared();
+        let mut waiter = Waiter::new(&shared.wake);
+        let mut events = Events::new(Some(signals), Some(requests));
 
         loop {
-            let more = self.turn();
-            if more {
-                // Rings still hold work (a full batch, or TX back-pressure):
-                // let other tasks (control socket) run, then go on.
-                tokio::task::yield_now().await;
-                while let Ok(req) = requests.try_recv() {
-                    let _ = req.send(self.snapshot());
-                }
-                continue;
+            let turn = self.turn();
+            let wake = if turn.more || self.busy_poll {
+                // Rings still hold work (a full batch, or TX back-pressure),
+                // or busy polling: go on at once.
+                spin(&mut events).await
+            } else {
+                let deadline = turn.deadline.map(|d| self.clock.deadline(d));
+                Some(waiter.idle(deadline, &readiness, &mut events).await)
+            };
+            if let Some(Wake::Signal) = wake {
+                break;
             }
-            tokio::select! {
-                _ = wait(self.busy_poll, &self.shared, self.clock, &readiness, &mut log_tick) => {}
-                Some(req) = requests.recv() => {
-                    let _ = req.send(self.snapshot());
-                }
-                _ = sigterm.recv() => break,
-                _ = sigint.recv() => break,
-            }
+            self.handle(wake);
         }
-        self.drain(&readiness, &mut requests, &mut sigterm, &mut sigint)
-            .await;
+        self.drain(&readiness, &mut waiter, &mut events).await;
         self.shared.lock().xdp.flush_logs();
         self.shutdown();
         Ok(())
+    }
+
+    /// Answers what a wait brought that is not a reason to stop.
+    fn handle(&mut self, wake: Option<Wake>) {
+        match wake {
+            Some(Wake::Request(req)) => {
+                let _ = req.send(self.snapshot());
+            }
+            Some(Wake::LogTick) => self.shared.lock().xdp.flush_logs(),
+            _ => {}
+        }
     }
 
     /// The half the application's handles share.
@@ -441,21 +641,18 @@ impl Driver {
                 return;
             }
         };
-        let mut log_tick = tokio::time::interval(Duration::from_millis(250));
-        log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let shared = self.shared();
+        let mut waiter = Waiter::new(&shared.wake);
+        let mut events = Events::new(None, None);
         while handles.strong_count() > 0 {
-            if self.turn() {
-                tokio::task::yield_now().await;
-                continue;
-            }
-            wait(
-                self.busy_poll,
-                &self.shared,
-                self.clock,
-                &readiness,
-                &mut log_tick,
-            )
-            .await;
+            let turn = self.turn();
+            let wake = if turn.more || self.busy_poll {
+                spin(&mut events).await
+            } else {
+                let deadline = turn.deadline.map(|d| self.clock.deadline(d));
+                Some(waiter.idle(deadline, &readiness, &mut events).await)
+            };
+            self.handle(wake);
         }
         self.shutdown();
     }
@@ -466,9 +663,8 @@ impl Driver {
     async fn drain(
         &mut self,
         readiness: &[AsyncFd<OwnedFd>],
-        requests: &mut mpsc::Receiver<Request>,
-        sigterm: &mut tokio::signal::unix::Signal,
-        sigint: &mut tokio::signal::unix::Signal,
+        waiter: &mut Waiter<'_>,
+        events: &mut Events,
     ) {
         let _ = notify::notify("STOPPING=1");
         {
@@ -495,33 +691,42 @@ impl Driver {
         tracing::info!("draining {n} connection(s) for up to {:?}", self.grace);
         let until = tokio::time::Instant::now() + self.grace;
         loop {
-            while self.turn() {
-                tokio::task::yield_now().await;
-            }
-            if open(self) == 0 {
-                tracing::info!("all connections finished");
+            let turn = self.turn();
+            let wake = if turn.more {
+                spin(events).await
+            } else {
+                if open(self) == 0 {
+                    tracing::info!("all connections finished");
+                    return;
+                }
+                let deadline = turn
+                    .deadline
+                    .map_or(until, |d| self.clock.deadline(d).min(until));
+                Some(waiter.idle(Some(deadline), readiness, events).await)
+            };
+            if let Some(Wake::Signal) = wake {
                 return;
             }
-            let deadline = next_deadline(&self.shared, self.clock).map_or(until, |d| d.min(until));
-            tokio::select! {
-                _ = any_readable(readiness) => {}
-                _ = tokio::time::sleep_until(deadline) => {}
-                Some(req) = requests.recv() => {
-                    let _ = req.send(self.snapshot());
-                }
-                _ = sigterm.recv() => return,
-                _ = sigint.recv() => return,
-            }
+            self.handle(wake);
             if tokio::time::Instant::now() >= until {
                 tracing::info!("grace period over: resetting {} connection(s)", open(self));
                 return;
             }
         }
     }
-
-    /// One turn of the loop; true when work is left for an immediate next turn.
-    fn turn(&mut self) -> bool {
+    /// One turn of the loop: what is left for the next.
+    fn turn(&mut self) -> Turn {
         self.counters.turns += 1;
+        if self.busy_poll {
+            // Outside the core's lock: the kernel may poll the device here.
+            let recheck = self.counters.turns.is_multiple_of(NAPI_ID_RECHECK_TURNS);
+            for sock in &mut self.sockets {
+                if recheck {
+                    sock.refresh_napi_id();
+                }
+                sock.kernel_busy_poll();
+            }
+        }
         let now = self.clock.now();
         let shared = Arc::clone(&self.shared);
         let mut guard = shared.lock();
@@ -573,7 +778,14 @@ impl Driver {
         if let Some(p) = self.pcap.as_mut() {
             p.flush();
         }
-        full_batch || tx_blocked
+        let deadline = [core.stack.poll_timeout(), core.services.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        Turn {
+            more: full_batch || tx_blocked,
+            deadline,
+        }
     }
 
     /// Sends everything the core has; true when the TX ring ran out of
@@ -673,6 +885,8 @@ impl Driver {
             .map(|s| {
                 serde_json::json!({
                     "queue": s.queue_id(),
+                    // Read afresh: without --busy-poll nothing else reads it.
+                    "napi_id": s.incoming_napi_id(),
                     "kernel": to_map(s.statistics().as_pairs()),
                     "engine": to_map(s.counters().as_pairs()),
                 })
@@ -718,79 +932,43 @@ impl Driver {
     }
 }
 
-/// Between turns with nothing left to do: sleeps in [`idle`], or with
-/// busy polling only lets the runtime's other tasks run (the control
-/// socket, the application's handles) and goes on at once.
-async fn wait(
-    busy_poll: bool,
-    shared: &Shared,
-    clock: Clock,
-    readiness: &[AsyncFd<OwnedFd>],
-    log_tick: &mut tokio::time::Interval,
-) {
-    if !busy_poll {
-        return idle(shared, clock, readiness, log_tick).await;
+/// With `--busy-poll`: asks the kernel to busy-poll the socket's NAPI
+/// context on each turn's non-blocking recvfrom. A refusal only costs that
+/// (the rings are still spun in userspace), so it is a warning.
+fn enable_kernel_busy_poll(sock: &mut XskSocket) {
+    let queue = sock.queue_id();
+    if let Err(e) = sock.enable_kernel_busy_poll(KERNEL_BUSY_POLL_USECS, KERNEL_BUSY_POLL_BUDGET) {
+        tracing::warn!(
+            "AF_XDP socket of queue {queue}: no kernel busy polling ({e:#}); \
+             spinning on the rings in userspace only"
+        );
+        return;
     }
-    tokio::select! {
-        biased;
-        _ = log_tick.tick() => shared.lock().xdp.flush_logs(),
-        _ = tokio::task::yield_now() => {}
-    }
-}
-
-/// Waits for the next reason to take a turn: a socket is readable, the
-/// core's earliest timer is due, an application handle queued work, or the
-/// log tick (which flushes the XDP program's log records).
-async fn idle(
-    shared: &Shared,
-    clock: Clock,
-    readiness: &[AsyncFd<OwnedFd>],
-    log_tick: &mut tokio::time::Interval,
-) {
-    let deadline = next_deadline(shared, clock);
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = any_readable(readiness) => {}
-        _ = sleep => {}
-        _ = shared.wake.notified() => {}
-        _ = log_tick.tick() => shared.lock().xdp.flush_logs(),
+    match sock.refresh_napi_id() {
+        0 => tracing::info!(
+            "AF_XDP socket of queue {queue}: kernel busy polling on, but the socket has \
+             no NAPI id yet (no recvfrom until one appears, checked every \
+             {NAPI_ID_RECHECK_TURNS} turns); spinning on the rings in userspace"
+        ),
+        id => tracing::info!(
+            "AF_XDP socket of queue {queue}: kernel busy polling on NAPI id {id} \
+             ({KERNEL_BUSY_POLL_USECS} µs, budget {KERNEL_BUSY_POLL_BUDGET})"
+        ),
     }
 }
 
-/// When the earliest timer of the core or the services is due.
-fn next_deadline(shared: &Shared, clock: Clock) -> Option<tokio::time::Instant> {
-    let core = shared.lock();
-    let at = [core.stack.poll_timeout(), core.services.poll_timeout()]
-        .into_iter()
-        .flatten()
-        .min();
-    at.map(|t| clock.deadline(t))
-}
-
-/// Resolves when any of the sockets is readable. Readiness is cleared on
-/// the spot: the turn that follows drains the rings, and a frame arriving
-/// after the clear raises a fresh edge.
-async fn any_readable(fds: &[AsyncFd<OwnedFd>]) {
-    std::future::poll_fn(|cx| {
-        let mut ready = false;
-        for fd in fds {
-            if let Poll::Ready(Ok(mut guard)) = fd.poll_read_ready(cx) {
-                guard.clear_ready();
-                ready = true;
-            }
+/// True when any of the sockets is readable. Readiness is cleared on the
+/// spot: the turn that follows drains the rings, and a frame arriving after
+/// the clear raises a fresh edge.
+fn poll_readable(fds: &[AsyncFd<OwnedFd>], cx: &mut Context<'_>) -> bool {
+    let mut ready = false;
+    for fd in fds {
+        if let Poll::Ready(Ok(mut guard)) = fd.poll_read_ready(cx) {
+            guard.clear_ready();
+            ready = true;
         }
-        if ready {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
+    }
+    ready
 }
 
 #[cfg(test)]
@@ -828,5 +1006,144 @@ mod tests {
         assert_eq!(i.mss(4096), 1460);
         let jumbo = Interface { mtu: 9000, ..i };
         assert_eq!(jumbo.mss(4096), 4096 - 256 - 34 - 60);
+    }
+
+    /// The driver's wait on tokio's paused clock: time moves only when the
+    /// runtime has nothing to do, straight to the next timer.
+    mod wait {
+        use super::super::*;
+        use tokio::time::{self, Instant as TokioInstant};
+
+        const MS: Duration = Duration::from_millis(1);
+
+        async fn idle(w: &mut Waiter<'_>, ev: &mut Events, at: Option<TokioInstant>) -> Wake {
+            w.idle(at, &[], ev).await
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn wakes_on_the_deadline_and_not_before() {
+            let notify = Notify::new();
+            let mut w = Waiter::new(&notify);
+            let mut ev = Events::new(None, None);
+            let t0 = TokioInstant::now();
+            let wake = idle(&mut w, &mut ev, Some(t0 + 10 * MS)).await;
+            assert!(matches!(wake, Wake::Deadline), "{wake:?}");
+            assert_eq!(TokioInstant::now() - t0, 10 * MS);
+            // Without a deadline only the log tick ends the wait.
+            let wake = idle(&mut w, &mut ev, None).await;
+            assert!(matches!(wake, Wake::LogTick), "{wake:?}");
+            assert_eq!(TokioInstant::now() - t0, LOG_TICK);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn wakes_on_notify_also_when_it_came_between_waits() {
+            let notify = Arc::new(Notify::new());
+            let mut w = Waiter::new(&notify);
+            let mut ev = Events::new(None, None);
+            let t0 = TokioInstant::now();
+            // A wake-up while the driver was busy with a turn is kept.
+            notify.notify_one();
+            let wake = idle(&mut w, &mut ev, Some(t0 + 100 * MS)).await;
+            assert!(matches!(wake, Wake::Notified), "{wake:?}");
+            assert_eq!(TokioInstant::now(), t0);
+            // One wake-up is one wake: the next wait sleeps to its deadline.
+            let wake = idle(&mut w, &mut ev, Some(t0 + 100 * MS)).await;
+            assert!(matches!(wake, Wake::Deadline), "{wake:?}");
+            assert_eq!(TokioInstant::now() - t0, 100 * MS);
+            // A wake-up during the wait, and again with the re-registered
+            // future.
+            for at in [130, 170] {
+                let n = Arc::clone(&notify);
+                tokio::spawn(async move {
+                    time::sleep_until(t0 + at * MS).await;
+                    n.notify_one();
+                });
+                let wake = idle(&mut w, &mut ev, Some(t0 + 1000 * MS)).await;
+                assert!(matches!(wake, Wake::Notified), "{wake:?}");
+                assert_eq!(TokioInstant::now() - t0, at * MS);
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn rearms_only_when_the_deadline_moves() {
+            let notify = Arc::new(Notify::new());
+            let mut w = Waiter::new(&notify);
+            let mut ev = Events::new(None, None);
+            let t0 = TokioInstant::now();
+            let poke = |at: u32| {
+                let n = Arc::clone(&notify);
+                tokio::spawn(async move {
+                    time::sleep_until(t0 + at * MS).await;
+                    n.notify_one();
+                });
+            };
+            // Armed for 50 ms, woken at 10 ms.
+            poke(10);
+            assert!(matches!(
+                idle(&mut w, &mut ev, Some(t0 + 50 * MS)).await,
+                Wake::Notified
+            ));
+            assert_eq!(w.rearms, 1);
+            // The same deadline again: no re-arming, still wakes at 50 ms.
+            poke(20);
+            assert!(matches!(
+                idle(&mut w, &mut ev, Some(t0 + 50 * MS)).await,
+                Wake::Notified
+            ));
+            assert_eq!(w.rearms, 1);
+            // Later: nothing happens at the old 50 ms, it wakes at 80 ms.
+            let wake = idle(&mut w, &mut ev, Some(t0 + 80 * MS)).await;
+            assert!(matches!(wake, Wake::Deadline), "{wake:?}");
+            assert_eq!(TokioInstant::now() - t0, 80 * MS);
+            assert_eq!(w.rearms, 2);
+            // Armed far off (200 ms), woken at 90 ms, then moved earlier
+            // (120 ms): it wakes at 120 ms, not 200.
+            poke(90);
+            assert!(matches!(
+                idle(&mut w, &mut ev, Some(t0 + 200 * MS)).await,
+                Wake::Notified
+            ));
+            let wake = idle(&mut w, &mut ev, Some(t0 + 120 * MS)).await;
+            assert!(matches!(wake, Wake::Deadline), "{wake:?}");
+            assert_eq!(TokioInstant::now() - t0, 120 * MS);
+            assert_eq!(w.rearms, 4);
+            // A deadline already past ends the wait at once.
+            let wake = idle(&mut w, &mut ev, Some(t0 + 100 * MS)).await;
+            assert!(matches!(wake, Wake::Deadline), "{wake:?}");
+            assert_eq!(TokioInstant::now() - t0, 120 * MS);
+            // No deadline any more: the old one does not fire; the log
+            // tick (every 250 ms) does.
+            let wake = idle(&mut w, &mut ev, None).await;
+            assert!(matches!(wake, Wake::LogTick), "{wake:?}");
+            assert_eq!(TokioInstant::now() - t0, LOG_TICK);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn control_requests_end_the_wait_and_the_spin() {
+            let notify = Notify::new();
+            let mut w = Waiter::new(&notify);
+            let (tx, rx) = mpsc::channel::<Request>(4);
+            let mut ev = Events::new(None, Some(rx));
+            let t0 = TokioInstant::now();
+            let sender = tx.clone();
+            tokio::spawn(async move {
+                time::sleep_until(t0 + 30 * MS).await;
+                let (reply, _) = tokio::sync::oneshot::channel();
+                let _ = sender.send(reply).await;
+            });
+            let wake = idle(&mut w, &mut ev, Some(t0 + 100 * MS)).await;
+            assert!(matches!(wake, Wake::Request(_)), "{wake:?}");
+            assert_eq!(TokioInstant::now() - t0, 30 * MS);
+            // The spin never waits: nothing ready, nothing returned.
+            assert!(spin(&mut ev).await.is_none());
+            let (reply, _) = tokio::sync::oneshot::channel();
+            tx.send(reply).await.unwrap();
+            assert!(matches!(spin(&mut ev).await, Some(Wake::Request(_))));
+            assert_eq!(TokioInstant::now() - t0, 30 * MS);
+            // With every sender gone the channel is dropped, not polled.
+            drop(tx);
+            assert!(spin(&mut ev).await.is_none());
+            assert!(ev.requests.is_none());
+        }
     }
 }
