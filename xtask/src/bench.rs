@@ -64,6 +64,20 @@ pub(crate) const CLI_CPU: &str = "0";
 /// Linux's 200 ms default would make every timeout dominate the run.
 const MIN_RTO_MS: u32 = 20;
 const LOSS_TABLE: &str = "tcpu_bench_loss";
+/// The qdisc on the bridge port PORT_SRV, the device that transmits into
+/// the server veth's 256-entry receive ring (a ptr_ring, there whenever
+/// the server veth has NAPI: XDP attached or GRO on). Since Linux 6.16
+/// (commit dc82a33297fc) a veth whose peer's ring is full stops its TX
+/// queue and returns NETDEV_TX_BUSY instead of dropping the frame, but
+/// only when a qdisc is attached to it; a veth has none by default
+/// (noqueue), and then every frame that finds the ring full is dropped
+/// (`veth.to_server_dropped`). With a qdisc the frame waits in it and
+/// the queue is woken once the NAPI poll has made room: backpressure
+/// instead of loss. The other three veth ends transmit into a peer with
+/// no NAPI (GRO off, no XDP: the frame goes to the receiving CPU's
+/// backlog, netif_rx), where a qdisc changes nothing. The same for both
+/// servers (one topology).
+const PORT_SRV_QDISC: [&str; 3] = ["pfifo", "limit", "1000"];
 
 const PORT_ECHO: u16 = 7;
 const PORT_DISCARD: u16 = 9;
@@ -525,6 +539,13 @@ fn topology_json() -> Value {
         "idle_sources": format!("{} ports {IDLE_PORTS}", IDLE_SRC.map(|a| a.to_string()).join(",")),
         "min_rto_ms": MIN_RTO_MS,
         "client_sysctls": "net.ipv4.tcp_tw_reuse=1, net.ipv4.ip_local_port_range=1024 65535",
+        "server_port_qdisc": format!(
+            "{NS_MID} {PORT_SRV} root {}: the bridge port that transmits into {IF_SRV}'s ring; \
+             a qdisc makes the veth stop its queue on a full ring (Linux >= 6.16) instead of \
+             dropping; every other veth end keeps noqueue (its peer has no NAPI ring); \
+             counters qdisc.to_server_*",
+            PORT_SRV_QDISC.join(" ")
+        ),
     })
 }
 
@@ -545,6 +566,12 @@ fn counters_note(c: &BTreeMap<String, u64>) -> String {
         "afxdp.rx_dropped",
         "veth.to_server_dropped",
         "veth.to_client_dropped",
+        "qdisc.to_server_requeues",
+        "qdisc.to_server_dropped",
+        "veth.client_to_bridge_dropped",
+        "veth.bridge_to_client_dropped",
+        "softnet.cpu0_dropped",
+        "softnet.cpu1_dropped",
     ] {
         if get(k) > 0 {
             s += &format!(" {k}={}", get(k));
@@ -620,7 +647,7 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
         Server::Kernel => kernel_mib()?,
     };
     let server_pid = &proc.pids();
-    let veth_before = veth_drops();
+    let veth_before = path_counters();
     let cpu_before = server_cpu_ns(server_pid)?;
     let mut r = match &w.kind {
         Kind::Bulk {
@@ -676,7 +703,7 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
         Server::Endpoint => endpoint_counters(&ctx.tcp_user, &control)?,
         Server::Kernel => kernel_counters(&before, &kernel_mib()?),
     };
-    for (k, v) in veth_drops() {
+    for (k, v) in path_counters() {
         let d = v.saturating_sub(veth_before.get(&k).copied().unwrap_or(0));
         r.counters.insert(k, d);
     }
@@ -686,12 +713,31 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
 }
 
 /// Frames the veths dropped on their way to the server and to the client
-/// (the sending end's tx_dropped: a full receive ring on the other end).
-fn veth_drops() -> BTreeMap<String, u64> {
+/// (the sending end's tx_dropped: a full receive ring on the other end),
+/// and the bridge port's qdisc counters (PORT_SRV_QDISC): cumulative,
+/// the caller takes the differences.
+fn path_counters() -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
+    if let Ok(o) = Command::new("ip")
+        .args([
+            "netns", "exec", NS_MID, "tc", "-s", "-j", "qdisc", "show", "dev",
+        ])
+        .arg(PORT_SRV)
+        .output()
+    {
+        m.extend(parse_qdisc_stats(&String::from_utf8_lossy(&o.stdout)));
+    }
+    // Frames for a peer without NAPI go to the receiving CPU's backlog
+    // (netif_rx), which drops beyond net.core.netdev_max_backlog: system
+    // wide, so other network work on the machine shows here too.
+    if let Ok(t) = std::fs::read_to_string("/proc/net/softnet_stat") {
+        m.extend(parse_softnet_stat(&t));
+    }
     for (key, ns, dev) in [
         ("veth.to_server_dropped", NS_MID, PORT_SRV),
         ("veth.to_client_dropped", NS_SRV, IF_SRV),
+        ("veth.client_to_bridge_dropped", NS_CLI, IF_CLI),
+        ("veth.bridge_to_client_dropped", NS_MID, PORT_CLI),
     ] {
         let v = Command::new("ip")
             .args(["netns", "exec", ns, "cat"])
@@ -701,6 +747,53 @@ fn veth_drops() -> BTreeMap<String, u64> {
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok());
         if let Some(v) = v {
             m.insert(key.to_owned(), v);
+        }
+    }
+    m
+}
+
+/// The root qdisc's counters from `tc -s -j qdisc show dev PORT_SRV`, as
+/// `qdisc.to_server_{packets,requeues,dropped,overlimits}` (requeues:
+/// frames the veth handed back because the server veth's ring was full).
+fn parse_qdisc_stats(json_text: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    let Ok(v) = serde_json::from_str::<Value>(json_text) else {
+        return m;
+    };
+    let Some(q) = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|q| q["root"].as_bool() == Some(true))
+    else {
+        return m;
+    };
+    for (key, field) in [
+        ("packets", "packets"),
+        ("requeues", "requeues"),
+        ("dropped", "drops"),
+        ("overlimits", "overlimits"),
+    ] {
+        if let Some(n) = q[field].as_u64() {
+            m.insert(format!("qdisc.to_server_{key}"), n);
+        }
+    }
+    m
+}
+
+/// Per CPU, the backlog drops and the time squeezes of
+/// /proc/net/softnet_stat (one line per CPU, hexadecimal: processed,
+/// dropped, time_squeeze, ...) as `softnet.cpuN_{dropped,squeezed}`.
+fn parse_softnet_stat(text: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for (cpu, line) in text.lines().enumerate() {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .map_while(|v| u64::from_str_radix(v, 16).ok())
+            .collect();
+        if let [_, dropped, squeezed, ..] = f[..] {
+            m.insert(format!("softnet.cpu{cpu}_dropped"), dropped);
+            m.insert(format!("softnet.cpu{cpu}_squeezed"), squeezed);
         }
     }
     m
@@ -1478,6 +1571,14 @@ impl BenchTopology {
             ip(&["-n", NS_MID, "link", "set", port, "up"])?;
         }
         ip(&["-n", NS_MID, "link", "set", "br0", "up"])?;
+        // Backpressure instead of drops into the server veth's ring
+        // (PORT_SRV_QDISC).
+        status(
+            Command::new("ip")
+                .args(["netns", "exec", NS_MID, "tc", "qdisc", "replace", "dev"])
+                .args([PORT_SRV, "root"])
+                .args(PORT_SRV_QDISC),
+        )?;
         ip(&[
             "-n",
             NS_SRV,
@@ -1906,6 +2007,33 @@ mod tests {
         assert_eq!(c["fast_retransmits"], 0);
         // Garbage is skipped, not a panic.
         assert!(parse_mib("nonsense\nTcp: x\nIp: 1 2\n").is_empty());
+    }
+
+    #[test]
+    fn qdisc_counters_parse_from_tc_json() {
+        let text = r#"[{"kind":"pfifo","handle":"8020:","root":true,"refcnt":3,"options":{"limit":1000},"bytes":9100,"packets":70,"drops":2,"overlimits":0,"requeues":31,"backlog":0,"qlen":0},
+            {"kind":"pfifo","handle":"1:","parent":"8020:1","packets":999}]"#;
+        let m = parse_qdisc_stats(text);
+        assert_eq!(m["qdisc.to_server_packets"], 70);
+        assert_eq!(m["qdisc.to_server_requeues"], 31);
+        assert_eq!(m["qdisc.to_server_dropped"], 2);
+        assert_eq!(m["qdisc.to_server_overlimits"], 0);
+        assert_eq!(m.len(), 4);
+        // noqueue (no counters) or no output: nothing, not a panic.
+        assert!(parse_qdisc_stats(r#"[{"kind":"noqueue","handle":"0:","root":true}]"#).is_empty());
+        assert!(parse_qdisc_stats("").is_empty());
+    }
+
+    #[test]
+    fn softnet_stat_parses_per_cpu() {
+        let text = "18fa25a5 000055e0 0000003a 00000000\n243e3a71 00001d6b 00000089 00000000\n";
+        let m = parse_softnet_stat(text);
+        assert_eq!(m["softnet.cpu0_dropped"], 0x55e0);
+        assert_eq!(m["softnet.cpu0_dropped"], 21_984);
+        assert_eq!(m["softnet.cpu1_dropped"], 7_531);
+        assert_eq!(m["softnet.cpu1_squeezed"], 137);
+        assert_eq!(m.len(), 4);
+        assert!(parse_softnet_stat("zz\n").is_empty());
     }
 
     #[test]
