@@ -121,6 +121,11 @@ pub struct BenchArgs {
     /// List the workloads (with the time each takes) and exit.
     #[arg(long)]
     list: bool,
+    /// No qdisc on the bridge port into the server veth (the veth default,
+    /// noqueue): frames that find the server veth's 256-entry ring full
+    /// are dropped instead of held back (for comparison runs).
+    #[arg(long)]
+    no_port_qdisc: bool,
 }
 
 /// Which way the bulk data goes, seen from the client.
@@ -470,7 +475,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .with_context(|| format!("creating {}", ctx.out_dir.display()))?;
     crate::install_signal_forwarding();
 
-    let _topo = BenchTopology::create()?;
+    let _topo = BenchTopology::create_with(!args.no_port_qdisc)?;
     let mut report: Report = Vec::new();
     let mut failures = 0;
     for w in &selected {
@@ -516,7 +521,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
 
     report::print_table(&report);
-    let doc = report::to_json(args.runs, &topology_json(), &report);
+    let doc = report::to_json(args.runs, &topology_json(!args.no_port_qdisc), &report);
     if let Some(dir) = json_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -532,20 +537,25 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn topology_json() -> Value {
+fn topology_json(port_qdisc: bool) -> Value {
+    let qdisc = if port_qdisc {
+        format!(
+            "{NS_MID} {PORT_SRV} root {}: the bridge port that transmits into {IF_SRV}'s ring; \
+             a qdisc makes the veth stop its queue on a full ring (Linux >= 6.16) instead of \
+             dropping; every other veth end keeps noqueue (its peer has no NAPI ring); \
+             counters qdisc.to_server_*",
+            PORT_SRV_QDISC.join(" ")
+        )
+    } else {
+        format!("none (--no-port-qdisc): {PORT_SRV} noqueue, a full {IF_SRV} ring drops")
+    };
     json!({
         "server": format!("{NS_SRV} {IF_SRV} {SRV_ADDR} cpu {SRV_CPU} (+ threaded NAPI kthread)"),
         "client": format!("{NS_CLI} {IF_CLI} {CLI_ADDR} cpu {CLI_CPU}"),
         "idle_sources": format!("{} ports {IDLE_PORTS}", IDLE_SRC.map(|a| a.to_string()).join(",")),
         "min_rto_ms": MIN_RTO_MS,
         "client_sysctls": "net.ipv4.tcp_tw_reuse=1, net.ipv4.ip_local_port_range=1024 65535",
-        "server_port_qdisc": format!(
-            "{NS_MID} {PORT_SRV} root {}: the bridge port that transmits into {IF_SRV}'s ring; \
-             a qdisc makes the veth stop its queue on a full ring (Linux >= 6.16) instead of \
-             dropping; every other veth end keeps noqueue (its peer has no NAPI ring); \
-             counters qdisc.to_server_*",
-            PORT_SRV_QDISC.join(" ")
-        ),
+        "server_port_qdisc": qdisc,
     })
 }
 
@@ -1532,6 +1542,13 @@ pub(crate) struct BenchTopology;
 
 impl BenchTopology {
     pub(crate) fn create() -> Result<BenchTopology> {
+        BenchTopology::create_with(true)
+    }
+
+    /// `port_qdisc` false leaves the bridge port into the server veth
+    /// without a qdisc (noqueue, the veth default): frames that find the
+    /// server veth's ring full are dropped (for comparison runs).
+    pub(crate) fn create_with(port_qdisc: bool) -> Result<BenchTopology> {
         BenchTopology::remove();
         say(format!(
             "creating the bench topology: netns {NS_SRV} ({SRV_ADDR}, CPU {SRV_CPU}) <-bridge-> {NS_CLI} ({CLI_ADDR}, CPU {CLI_CPU})"
@@ -1573,12 +1590,14 @@ impl BenchTopology {
         ip(&["-n", NS_MID, "link", "set", "br0", "up"])?;
         // Backpressure instead of drops into the server veth's ring
         // (PORT_SRV_QDISC).
-        status(
-            Command::new("ip")
-                .args(["netns", "exec", NS_MID, "tc", "qdisc", "replace", "dev"])
-                .args([PORT_SRV, "root"])
-                .args(PORT_SRV_QDISC),
-        )?;
+        if port_qdisc {
+            status(
+                Command::new("ip")
+                    .args(["netns", "exec", NS_MID, "tc", "qdisc", "replace", "dev"])
+                    .args([PORT_SRV, "root"])
+                    .args(PORT_SRV_QDISC),
+            )?;
+        }
         ip(&[
             "-n",
             NS_SRV,
@@ -2129,6 +2148,7 @@ pub(crate) mod tests_support {
             lossy_size_mib: 16,
             secs: None,
             list: false,
+            no_port_qdisc: false,
         }
     }
 }
