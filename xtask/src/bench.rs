@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::bench_reflect;
 use crate::report::{self, Metric, Report, RunResult};
 use crate::{build, is_root, root, say, status, CHILD, STOP};
 
@@ -98,7 +99,8 @@ const RR_SIZE: usize = 64;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Only the workloads whose name contains this (e.g. `upload`, `5pct`,
-    /// `iperf3`, `rr-`, `crr`, `idle`).
+    /// `iperf3`, `rr-`, `crr`, `idle`, `ceiling`); several, comma-separated:
+    /// the workloads that match any (`ceiling,rr-,upload-0pct`).
     #[arg(long, value_name = "NAME")]
     only: Option<String>,
     /// Runs per workload and server.
@@ -193,6 +195,11 @@ pub enum Kind {
     /// `conns` idle connections (memory per connection), then rr over
     /// `rr_conns` of them.
     Idle { conns: usize, rr_conns: usize },
+    /// The reflection ceiling (bench_reflect.rs): `tcp-user reflect`
+    /// turns `frame_len`-byte frames around from RX to TX in place, no
+    /// TCP, for `secs`. The endpoint's own AF_XDP path, so it has the
+    /// endpoint column only.
+    Ceiling { frame_len: usize },
 }
 
 /// One entry of the workload list.
@@ -229,6 +236,17 @@ impl Workload {
                 tps,
                 P99,
             ],
+            Kind::Ceiling { .. } => vec![Metric::new("frames_per_sec", "frames/s", true)
+                .with_cpu("server_us_per_frame", "µs/frame")],
+        }
+    }
+
+    /// The servers a workload runs against: the ceiling has no kernel
+    /// counterpart.
+    pub fn servers(&self) -> &'static [Server] {
+        match self.kind {
+            Kind::Ceiling { .. } => &[Server::Endpoint],
+            _ => &[Server::Endpoint, Server::Kernel],
         }
     }
 
@@ -239,6 +257,9 @@ impl Workload {
             Kind::Iperf { .. } => self.secs + 3.0,
             Kind::Rr { .. } | Kind::Crr { .. } => self.secs + 2.5,
             Kind::Idle { conns, .. } => self.secs + 5.0 + conns as f64 / 8_000.0,
+            // Reflector start, 1 s warm-up, the interval, the generator's
+            // 2 s beyond it.
+            Kind::Ceiling { .. } => self.secs + 4.0,
         }
     }
 
@@ -322,6 +343,11 @@ impl Workload {
                 "{conns} idle connections (memory per connection), then rr over {rr_conns} of them for {} s",
                 self.secs
             ),
+            Kind::Ceiling { frame_len } => format!(
+                "reflection ceiling: tcp-user reflect turns {frame_len} B frames around \
+                 (XDP -> AF_XDP -> TX, no TCP), {} s; endpoint column only",
+                self.secs
+            ),
         }
     }
 }
@@ -383,6 +409,13 @@ pub fn workloads(args: &BenchArgs) -> Vec<Workload> {
             secs: secs(10.0),
         });
     }
+    for frame_len in [bench_reflect::MIN_FRAME, bench_reflect::MAX_FRAME] {
+        v.push(Workload {
+            name: format!("ceiling-{frame_len}B"),
+            kind: Kind::Ceiling { frame_len },
+            secs: secs(5.0),
+        });
+    }
     for (name, conns) in [("idle-10k", 10_000), ("idle-100k", 100_000)] {
         v.push(Workload {
             name: name.to_owned(),
@@ -423,7 +456,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     if args.list {
         let mut total = 0.0;
         for w in &all {
-            let t = w.estimate_secs() * 2.0 * args.runs.max(1) as f64;
+            let t = w.estimate_secs() * w.servers().len() as f64 * args.runs.max(1) as f64;
             total += t;
             println!("{:<22} ~{:>4.0} s  {}", w.name, t, w.describe());
         }
@@ -452,7 +485,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     let selected: Vec<Workload> = match &args.only {
-        Some(f) => all.into_iter().filter(|w| w.name.contains(f)).collect(),
+        Some(f) => all.into_iter().filter(|w| selects(f, &w.name)).collect(),
         None => all,
     };
     if selected.is_empty() {
@@ -489,7 +522,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let _loss = LossRules::install(port, loss_pct)?;
         let mut results: BTreeMap<&'static str, Vec<Result<RunResult>>> = BTreeMap::new();
         for run in 0..args.runs {
-            for server in [Server::Endpoint, Server::Kernel] {
+            for &server in w.servers() {
                 let r = run_one(server, w, &ctx);
                 if STOP.load(Ordering::SeqCst) != 0 {
                     bail!("interrupted");
@@ -535,6 +568,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         bail!("{failures} run(s) failed (see above and the JSON)");
     }
     Ok(())
+}
+
+/// Whether `--only FILTER` selects workload `name`: FILTER is one or more
+/// comma-separated parts, and a part selects the names containing it.
+fn selects(filter: &str, name: &str) -> bool {
+    filter
+        .split(',')
+        .any(|part| !part.is_empty() && name.contains(part))
 }
 
 fn topology_json(port_qdisc: bool) -> Value {
@@ -596,6 +637,9 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
     let load1 = load_average();
     let (cli_tx, srv_tx) = w.tx_offload(server);
     set_tx_offload(cli_tx, srv_tx)?;
+    if let Kind::Ceiling { frame_len } = w.kind {
+        return run_ceiling(ctx, frame_len, w.secs, load1);
+    }
     let control = ctx.out_dir.join("endpoint.sock");
     let mut proc = match server {
         Server::Endpoint => {
@@ -613,6 +657,7 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
             ServerProc::start(c, &ctx.out_dir.join("endpoint.log"), "tcp-user", "READY")?
         }
         Server::Kernel => match w.kind {
+            Kind::Ceiling { .. } => bail!("the reflection ceiling has no kernel run"),
             Kind::Bulk { .. } => {
                 let mut c = netns_cmd(NS_SRV, SRV_CPU, &ctx.xtask);
                 c.args(["bench-server", "--addr", &SRV_ADDR.to_string()]);
@@ -708,6 +753,7 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
         Kind::Idle { conns, rr_conns } => {
             run_idle(ctx, w, server, *conns, *rr_conns, server_pid, load1)?
         }
+        Kind::Ceiling { .. } => unreachable!("run_ceiling returned above"),
     };
     r.counters = match server {
         Server::Endpoint => endpoint_counters(&ctx.tcp_user, &control)?,
@@ -717,9 +763,57 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
         let d = v.saturating_sub(veth_before.get(&k).copied().unwrap_or(0));
         r.counters.insert(k, d);
     }
+    if !matches!(w.kind, Kind::Idle { .. }) {
+        add_segment_rates(&mut r);
+    }
     r.detail["tx_offload"] = json!({ "client": cli_tx, "server": srv_tx });
     proc.stop();
     Ok(r)
+}
+
+/// One run of the reflection ceiling on the bench topology
+/// (bench_reflect::reflect_ceiling: the reflector and the generator are
+/// started and stopped there), as a bench result: frames/s reflected and
+/// server CPU (reflector + NAPI kthreads) per frame.
+fn run_ceiling(ctx: &Ctx, frame_len: usize, secs: f64, load1: f64) -> Result<RunResult> {
+    let c = bench_reflect::reflect_ceiling(
+        &ctx.tcp_user,
+        &ctx.xtask,
+        frame_len,
+        Duration::from_secs_f64(secs),
+    )?;
+    let mut r = RunResult::new((c.reflector_cpu_ns + c.napi_cpu_ns) as f64 / 1e6, load1)
+        .metric("secs", c.secs)
+        .metric("frames_per_sec", c.frames_per_sec)
+        .metric("server_us_per_frame", c.server_us_per_frame())
+        .metric("server_cpu_share", c.server_cpu_share());
+    r.counters = c.counters.clone();
+    r.detail = json!({ "reflect": c.to_json() });
+    Ok(r)
+}
+
+/// Segments the server received and sent over the run (the endpoint's
+/// `segments_in`/`segments_out`, the kernel's Tcp InSegs/OutSegs) as
+/// segment pairs (one in, one out: what one reflected frame is) per
+/// second of the run and server CPU µs per pair: the TCP packet rate
+/// that is compared with the reflection ceiling.
+fn add_segment_rates(r: &mut RunResult) {
+    let (Some(i), Some(o)) = (
+        r.counters.get("segments_in"),
+        r.counters.get("segments_out"),
+    ) else {
+        return;
+    };
+    let pairs = (i + o) as f64 / 2.0;
+    let Some(secs) = r.metrics.get("secs").copied().filter(|s| *s > 0.0) else {
+        return;
+    };
+    if pairs <= 0.0 {
+        return;
+    }
+    r.metrics.insert("seg_pairs_per_sec".into(), pairs / secs);
+    r.metrics
+        .insert("cpu_us_per_seg_pair".into(), r.server_cpu_ms * 1e3 / pairs);
 }
 
 /// Frames the veths dropped on their way to the server and to the client
@@ -1358,6 +1452,9 @@ fn kernel_counters(
         "fast_retransmits".to_owned(),
         delta("TcpExt.TCPFastRetrans"),
     );
+    // Segments, GSO/GRO segments counted one by one, like the endpoint's.
+    c.insert("segments_in".to_owned(), delta("Tcp.InSegs"));
+    c.insert("segments_out".to_owned(), delta("Tcp.OutSegs"));
     for k in [
         "TcpExt.TCPLossProbes",
         "TcpExt.TCPSackRecovery",
@@ -2024,6 +2121,7 @@ mod tests {
         assert_eq!(c["retransmits"], 4);
         assert_eq!(c["rto_expirations"], 3);
         assert_eq!(c["fast_retransmits"], 0);
+        assert!(!c.contains_key("nonsense"));
         // Garbage is skipped, not a panic.
         assert!(parse_mib("nonsense\nTcp: x\nIp: 1 2\n").is_empty());
     }
@@ -2041,6 +2139,59 @@ mod tests {
         // noqueue (no counters) or no output: nothing, not a panic.
         assert!(parse_qdisc_stats(r#"[{"kind":"noqueue","handle":"0:","root":true}]"#).is_empty());
         assert!(parse_qdisc_stats("").is_empty());
+    }
+
+    #[test]
+    fn segment_rates_are_pairs_per_second_and_cpu_per_pair() {
+        let mut r = RunResult::new(1000.0, 0.0).metric("secs", 2.0);
+        r.counters.insert("segments_in".into(), 300_000);
+        r.counters.insert("segments_out".into(), 100_000);
+        add_segment_rates(&mut r);
+        // (300,000 + 100,000) / 2 = 200,000 pairs in 2 s; 1 s of CPU.
+        assert_eq!(r.metrics["seg_pairs_per_sec"], 100_000.0);
+        assert_eq!(r.metrics["cpu_us_per_seg_pair"], 5.0);
+        // No segment counters (or no duration): nothing added.
+        let mut r = RunResult::new(1000.0, 0.0).metric("secs", 2.0);
+        add_segment_rates(&mut r);
+        assert!(!r.metrics.contains_key("seg_pairs_per_sec"));
+        // The kernel's come from its MIB.
+        let c = kernel_counters(
+            &parse_mib("Tcp: InSegs OutSegs\nTcp: 10 20\n"),
+            &parse_mib("Tcp: InSegs OutSegs\nTcp: 310 120\n"),
+        );
+        assert_eq!((c["segments_in"], c["segments_out"]), (300, 100));
+    }
+
+    #[test]
+    fn only_takes_comma_separated_parts() {
+        let names: Vec<String> = workloads(&tests_support::args())
+            .into_iter()
+            .map(|w| w.name)
+            .filter(|n| selects("ceiling,rr-32,upload-0pct", n))
+            .collect();
+        assert_eq!(
+            names,
+            ["upload-0pct", "rr-32conn", "ceiling-60B", "ceiling-1514B"]
+        );
+        assert!(selects("echo", "echo-1pct"));
+        assert!(!selects("", "echo-1pct"));
+        assert!(!selects(",", "echo-1pct"));
+    }
+
+    #[test]
+    fn the_ceiling_runs_against_the_endpoint_alone() {
+        let w = workloads(&tests_support::args());
+        let c = w.iter().find(|w| w.name == "ceiling-60B").unwrap();
+        assert!(matches!(c.kind, Kind::Ceiling { frame_len: 60 }));
+        assert_eq!(c.servers(), &[Server::Endpoint]);
+        assert_eq!(c.metrics()[0].key, "frames_per_sec");
+        assert_eq!(
+            c.metrics()[0].cpu,
+            Some(("server_us_per_frame", "µs/frame"))
+        );
+        assert_eq!(c.estimate_secs(), 9.0);
+        let r = w.iter().find(|w| w.name == "rr-1conn").unwrap();
+        assert_eq!(r.servers(), &[Server::Endpoint, Server::Kernel]);
     }
 
     #[test]
@@ -2085,6 +2236,8 @@ mod tests {
             "crr-16w",
             "idle-10k",
             "idle-100k",
+            "ceiling-60B",
+            "ceiling-1514B",
         ] {
             assert!(w.iter().any(|w| w.name == name), "{name}");
         }
@@ -2095,7 +2248,7 @@ mod tests {
         // The issue asks for a full `--runs 3` in about 25 minutes.
         let total: f64 = workloads(&tests_support::args())
             .iter()
-            .map(|w| w.estimate_secs() * 2.0 * 3.0)
+            .map(|w| w.estimate_secs() * w.servers().len() as f64 * 3.0)
             .sum();
         assert!(total < 25.0 * 60.0, "{total} s");
     }

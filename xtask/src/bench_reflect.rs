@@ -182,8 +182,7 @@ impl ReflectResult {
 /// The ceiling for one frame size with the default settings (batch 64,
 /// poll(2) when idle, reflections dropped on the bridge, 1 s warm-up).
 /// The bench topology must exist and no server may be running on it.
-// The entry point for `cargo xtask bench`'s workload list (not wired in yet).
-#[allow(dead_code)]
+// The entry point for `cargo xtask bench`'s ceiling-* workloads.
 pub fn reflect_ceiling(
     tcp_user: &Path,
     xtask: &Path,
