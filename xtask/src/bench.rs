@@ -236,8 +236,15 @@ impl Workload {
                 tps,
                 P99,
             ],
-            Kind::Ceiling { .. } => vec![Metric::new("frames_per_sec", "frames/s", true)
-                .with_cpu("server_us_per_frame", "µs/frame")],
+            // frames/s is what the generator got through (a floor when
+            // either CPU is shared); per server CPU-second, what one
+            // whole server CPU would reflect at the measured cost.
+            Kind::Ceiling { .. } => vec![
+                Metric::new("frames_per_sec", "frames/s", true)
+                    .with_cpu("server_us_per_frame", "µs/frame"),
+                Metric::new("frames_per_cpu_sec", "frames/CPU-s", true),
+                Metric::new("server_cpu_pct", "% of CPU 1", true),
+            ],
         }
     }
 
@@ -605,6 +612,15 @@ fn counters_note(c: &BTreeMap<String, u64>) -> String {
         return String::new();
     }
     let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    if c.contains_key("reflected") {
+        // The reflector's (ceiling-*): frames it had no fill ring entry for.
+        return format!(
+            "  reflected={} rx_dropped={} rx_fill_ring_empty={}",
+            get("reflected"),
+            get("rx_dropped"),
+            get("rx_fill_ring_empty")
+        );
+    }
     let mut s = format!(
         "  rto_expirations={} retransmits={} fast_retransmits={}",
         get("rto_expirations"),
@@ -786,7 +802,9 @@ fn run_ceiling(ctx: &Ctx, frame_len: usize, secs: f64, load1: f64) -> Result<Run
         .metric("secs", c.secs)
         .metric("frames_per_sec", c.frames_per_sec)
         .metric("server_us_per_frame", c.server_us_per_frame())
-        .metric("server_cpu_share", c.server_cpu_share());
+        .metric("server_cpu_share", c.server_cpu_share())
+        .metric("server_cpu_pct", c.server_cpu_share() * 100.0)
+        .metric("frames_per_cpu_sec", 1e6 / c.server_us_per_frame());
     r.counters = c.counters.clone();
     r.detail = json!({ "reflect": c.to_json() });
     Ok(r)

@@ -791,7 +791,11 @@ mod tests {
                 one(
                     vec![
                         run(&[("frames_per_sec", 180_000.0), ("server_us_per_frame", 6.0)]),
-                        run(&[("frames_per_sec", 200_000.0), ("server_us_per_frame", 5.0)]),
+                        run(&[
+                            ("frames_per_sec", 200_000.0),
+                            ("server_us_per_frame", 5.0),
+                            ("frames_per_cpu_sec", 200_000.0),
+                        ]),
                         run(&[("frames_per_sec", 220_000.0), ("server_us_per_frame", 4.0)]),
                         Err(anyhow!("a failed run does not count")),
                     ],
@@ -873,6 +877,8 @@ mod tests {
         assert_eq!(ceil["metrics"][0]["endpoint"]["median"], 200_000.0);
         assert_eq!(ceil["metrics"][0]["server_cpu"]["endpoint"]["median"], 5.0);
         assert!(ceil["metrics"][0]["kernel"].is_null());
+        assert_eq!(ceil["metrics"][1]["key"], "frames_per_cpu_sec");
+        assert_eq!(ceil["metrics"][1]["endpoint"]["median"], 200_000.0);
         let svg = chart_svg(&report);
         assert!(svg.contains("* crr-16w / ceiling-60B (goal 80 %)"), "{svg}");
         assert!(svg.contains("iperf3-up-P1-txoff / ceiling-1514B (goal 90 %)"));
