@@ -8,7 +8,10 @@
 //! drops by nftables on the bridge, on the workload's port, each way: a
 //! drop inside the client's own stack would not be loss (its TCP learns of
 //! a netfilter drop on its output path from the return code and sends the
-//! segment again at once, so no hole ever reaches the server).
+//! segment again at once, so no hole ever reaches the server). The bridge
+//! port that feeds the server veth has a pfifo qdisc (PORT_SRV_QDISC), so
+//! that a full receive ring of the server veth holds frames back instead
+//! of dropping them (Linux >= 6.16).
 //!
 //! The kernel server and the client are hidden subcommands of xtask
 //! (`bench-server`, `bench-client`), so that both sides are plain blocking
@@ -18,7 +21,10 @@
 //! with loss (the xtask's own client), stock iperf3, request/response and
 //! connect/request/response/close (`bench-load`, loadgen.rs, against the
 //! endpoint and a single-threaded epoll echo server on the kernel's TCP),
-//! and many idle connections (memory per connection). Every workload has
+//! many idle connections (memory per connection), and the reflection
+//! ceiling (bench_reflect.rs: the endpoint's AF_XDP path with no TCP,
+//! endpoint column only), against which report.rs sets the endpoint's
+//! TCP packet rate and single-stream bulk rate. Every workload has
 //! its own metrics ([`Workload::metrics`]) and reports the server's CPU
 //! time per unit of work; report.rs prints the table, writes the JSON and
 //! draws the chart.
@@ -77,8 +83,16 @@ const LOSS_TABLE: &str = "tcpu_bench_loss";
 /// instead of loss. The other three veth ends transmit into a peer with
 /// no NAPI (GRO off, no XDP: the frame goes to the receiving CPU's
 /// backlog, netif_rx), where a qdisc changes nothing. The same for both
-/// servers (one topology).
-const PORT_SRV_QDISC: [&str; 3] = ["pfifo", "limit", "1000"];
+/// servers (one topology). Measured (idle-10k, 28 Nov 2026): the
+/// endpoint's runs went from 25,000–45,000 `veth.to_server_dropped` to
+/// none (the qdisc requeued 550–1,050 times instead); kernel runs still
+/// showed up to ~100 at this port, always together with
+/// `softnet.cpu1_dropped`: without XDP the veth evidently hands bridged
+/// frames to the CPU backlog (netdev_max_backlog, system wide), which no
+/// qdisc guards. limit 1000 is a veth's default txqueuelen: larger would
+/// let a bulk upload stand a longer queue here (the client's TCP small
+/// queues stop accounting at its own veth).
+pub(crate) const PORT_SRV_QDISC: [&str; 3] = ["pfifo", "limit", "1000"];
 
 const PORT_ECHO: u16 = 7;
 const PORT_DISCARD: u16 = 9;
