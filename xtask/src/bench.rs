@@ -83,9 +83,12 @@ const LOSS_TABLE: &str = "tcpu_bench_loss";
 /// instead of loss. The other three veth ends transmit into a peer with
 /// no NAPI (GRO off, no XDP: the frame goes to the receiving CPU's
 /// backlog, netif_rx), where a qdisc changes nothing. The same for both
-/// servers (one topology). Measured (idle-10k, 28 Nov 2026): the
-/// endpoint's runs went from 25,000–45,000 `veth.to_server_dropped` to
-/// none (the qdisc requeued 550–1,050 times instead); kernel runs still
+/// servers (one topology). Measured (idle-10k, 29 Nov 2026): the
+/// endpoint's runs went from 25,000–76,000 `veth.to_server_dropped` to
+/// none (the qdisc requeued 550–1,050 times instead, and overflowed its
+/// limit by ~100 in 2 of 8 runs), leaving ~200–3,100 drops per run in the
+/// client CPU's backlog on the way in (`veth.client_to_bridge_dropped`
+/// = `softnet.cpu0_dropped`); kernel runs still
 /// showed up to ~100 at this port, always together with
 /// `softnet.cpu1_dropped`: without XDP the veth evidently hands bridged
 /// frames to the CPU backlog (netdev_max_backlog, system wide), which no
