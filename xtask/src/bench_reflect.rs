@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 
 use crate::bench::{
     load_average, napi_pids, netns_cmd, pin_napi, BenchTopology, CLI_ADDR, CLI_CPU, IF_CLI, IF_SRV,
-    NS_CLI, NS_MID, NS_SRV, PORT_SRV, SRV_ADDR, SRV_CPU,
+    NS_CLI, NS_MID, NS_SRV, PORT_SRV, PORT_SRV_QDISC, SRV_ADDR, SRV_CPU,
 };
 use crate::{build, is_root, root, say, CHILD, STOP};
 
@@ -182,8 +182,7 @@ impl ReflectResult {
 /// The ceiling for one frame size with the default settings (batch 64,
 /// poll(2) when idle, reflections dropped on the bridge, 1 s warm-up).
 /// The bench topology must exist and no server may be running on it.
-// The entry point for `cargo xtask bench`'s workload list (not wired in yet).
-#[allow(dead_code)]
+// The entry point for `cargo xtask bench`'s ceiling-* workloads.
 pub fn reflect_ceiling(
     tcp_user: &Path,
     xtask: &Path,
@@ -796,6 +795,7 @@ pub fn bench_reflect(args: BenchReflectArgs) -> Result<()> {
             "discard": args.discard.name(),
             "bridge_nf": !args.no_bridge_nf,
             "generator": if args.gen_tx_ring { "tx-ring" } else { "sendmmsg" },
+            "server_port_qdisc": format!("{PORT_SRV} root {}", PORT_SRV_QDISC.join(" ")),
         },
         "runs": all,
     });

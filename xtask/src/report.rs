@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::bench::Workload;
+use crate::bench::{Kind, Workload};
 use crate::root;
 
 /// One row of the table: a metric of a workload.
@@ -155,10 +155,190 @@ fn ratio(e: Option<(f64, f64, f64)>, k: Option<(f64, f64, f64)>) -> Option<f64> 
     }
 }
 
+/// TCP payload bytes per full-size segment: a 1500-byte MTU less the
+/// IPv4 and TCP headers and the 12-byte timestamp option (on for both
+/// servers): what one 1514-byte frame of the ceiling carries in bulk.
+pub const MSS: f64 = 1448.0;
+
+/// One comparison of an endpoint workload with the reflection ceiling.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CeilingRow {
+    /// The issue's target this row checks.
+    pub target: &'static str,
+    /// The endpoint workload and the ceiling workload compared.
+    pub workload: String,
+    pub ceiling: String,
+    /// The endpoint's figure (median of its runs) and the ceiling's in
+    /// the same unit.
+    pub unit: &'static str,
+    pub endpoint: f64,
+    pub ceiling_value: f64,
+    /// endpoint / ceiling_value, and the share the target asks for.
+    pub share: f64,
+    pub goal: f64,
+    /// Per server CPU-second: the ceiling's server µs per frame over the
+    /// endpoint's server µs per segment pair (bulk: per MSS of payload),
+    /// i.e. the endpoint's rate per CPU-second as a share of the
+    /// ceiling's; not distorted by how much of CPU 1 each run got.
+    pub cpu_share: Option<f64>,
+    /// The best row of its target (the one the target is judged by).
+    pub best: bool,
+}
+
+/// The issue's two targets against the reflection ceiling, from the
+/// report's medians (endpoint runs only):
+///
+/// - "TCP packet rate >= 80 % of the ceiling": the endpoint's segment
+///   pairs per second (segments in + out over 2: one reflected frame is
+///   one in and one out) in every rr and crr workload against
+///   ceiling-60B's frames/s. rr and crr because their segments are small
+///   (64-byte payloads, 118–130-byte frames), as close to the 60-byte
+///   frames as TCP gets, and the packet rate is all they measure; bulk
+///   segments are full-size and are compared with ceiling-1514B below.
+///   The best of them is the one judged.
+/// - "single-stream bulk >= 90 % of the ceiling's frames/s x MSS":
+///   iperf3-up-P1-txoff and upload-0pct Mbit/s (one stream into the
+///   endpoint, 1514-byte frames, the receive direction the reflector
+///   also has) against ceiling-1514B frames/s x 1448 B x 8.
+pub fn ceiling_rows(report: &Report) -> Vec<CeilingRow> {
+    let find = |name: &str| report.iter().find(|(w, _)| w.name == name);
+    let med = |runs: &Runs, key: &str| summary(runs_of(runs, "endpoint"), key).map(|s| s.0);
+    let mut rows = Vec::new();
+    if let Some((c, cruns)) = find("ceiling-60B") {
+        if let Some(fps) = med(cruns, "frames_per_sec") {
+            let c_us = med(cruns, "server_us_per_frame");
+            let mut group: Vec<CeilingRow> = report
+                .iter()
+                .filter(|(w, _)| matches!(w.kind, Kind::Rr { .. } | Kind::Crr { .. }))
+                .filter_map(|(w, runs)| {
+                    let rate = med(runs, "seg_pairs_per_sec")?;
+                    let us = med(runs, "cpu_us_per_seg_pair");
+                    Some(CeilingRow {
+                        target: "TCP packet rate >= 80 % of the reflection ceiling",
+                        workload: w.name.clone(),
+                        ceiling: c.name.clone(),
+                        unit: "segment pairs/s vs frames/s",
+                        endpoint: rate,
+                        ceiling_value: fps,
+                        share: rate / fps,
+                        goal: 0.8,
+                        cpu_share: c_us.zip(us).map(|(c, e)| c / e),
+                        best: false,
+                    })
+                })
+                .collect();
+            mark_best(&mut group);
+            rows.extend(group);
+        }
+    }
+    if let Some((c, cruns)) = find("ceiling-1514B") {
+        if let Some(fps) = med(cruns, "frames_per_sec") {
+            let c_us = med(cruns, "server_us_per_frame");
+            let ceiling_mbps = fps * MSS * 8.0 / 1e6;
+            let mut group: Vec<CeilingRow> = ["iperf3-up-P1-txoff", "upload-0pct"]
+                .into_iter()
+                .filter_map(|name| {
+                    let (w, runs) = find(name)?;
+                    let mbps = med(runs, "mbps")?;
+                    // µs per MiB -> µs per MSS of payload.
+                    let us = med(runs, "cpu_us_per_mib").map(|v| v * MSS / (1 << 20) as f64);
+                    Some(CeilingRow {
+                        target: "single-stream bulk >= 90 % of the ceiling's frames/s x MSS",
+                        workload: w.name.clone(),
+                        ceiling: c.name.clone(),
+                        unit: "Mbit/s vs frames/s x 1448 B",
+                        endpoint: mbps,
+                        ceiling_value: ceiling_mbps,
+                        share: mbps / ceiling_mbps,
+                        goal: 0.9,
+                        cpu_share: c_us.zip(us).map(|(c, e)| c / e),
+                        best: false,
+                    })
+                })
+                .collect();
+            mark_best(&mut group);
+            rows.extend(group);
+        }
+    }
+    rows
+}
+
+fn mark_best(group: &mut [CeilingRow]) {
+    if let Some(b) = group
+        .iter_mut()
+        .filter(|r| r.share.is_finite())
+        .max_by(|a, b| a.share.total_cmp(&b.share))
+    {
+        b.best = true;
+    }
+}
+
+fn print_ceiling_rows(rows: &[CeilingRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "against the reflection ceiling (endpoint medians; * = the row its target is judged by)"
+    );
+    println!(
+        "  {:<20} {:<14} {:>12} {:>12} {:>7} {:>5}  {:<28}  target",
+        "workload", "ceiling", "endpoint", "ceiling", "share", "goal", "unit"
+    );
+    for r in rows {
+        println!(
+            "{} {:<20} {:<14} {:>12} {:>12} {:>6.1}% {:>4.0}%  {:<28}  {}{}",
+            if r.best { "*" } else { " " },
+            r.workload,
+            r.ceiling,
+            num(r.endpoint),
+            num(r.ceiling_value),
+            r.share * 100.0,
+            r.goal * 100.0,
+            r.unit,
+            r.target,
+            r.cpu_share.map_or(String::new(), |c| format!(
+                "; per server CPU-second {:.1} % of the ceiling",
+                c * 100.0
+            )),
+        );
+    }
+    println!();
+}
+
+fn ceiling_json(rows: &[CeilingRow]) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|r| {
+                json!({
+                    "target": r.target,
+                    "workload": r.workload,
+                    "ceiling": r.ceiling,
+                    "unit": r.unit,
+                    "endpoint": r.endpoint,
+                    "ceiling_value": r.ceiling_value,
+                    "share": r.share,
+                    "goal": r.goal,
+                    "met": r.share >= r.goal,
+                    "cpu_share": r.cpu_share,
+                    "best": r.best,
+                })
+            })
+            .collect(),
+    )
+}
+
 pub fn print_table(report: &Report) {
     let cell = |s: Option<(f64, f64, f64)>| match s {
         Some((m, lo, hi)) => format!("{} [{}–{}]", num(m), num(lo), num(hi)),
         None => "failed".to_owned(),
+    };
+    // A server a workload does not run against (the ceiling's kernel).
+    let cell_of = |runs: &Runs, server: &str, key: &str| {
+        if runs_of(runs, server).is_empty() {
+            "-".to_owned()
+        } else {
+            cell(summary(runs_of(runs, server), key))
+        }
     };
     println!();
     println!(
@@ -185,18 +365,33 @@ pub fn print_table(report: &Report) {
                 }
             });
             let arrow = if m.higher_better { "↑" } else { "↓" };
+            let cpu = match (cpu.is_empty(), m.cpu, runs_of(runs, "kernel").is_empty()) {
+                // Endpoint only: its CPU per unit alone.
+                (false, Some((key, unit)), true) => summary(runs_of(runs, "endpoint"), key)
+                    .map_or(format!("- {unit}"), |e| format!("{} {unit}", num(e.0))),
+                _ => cpu,
+            };
             println!(
                 "{:<23} {:<16} {:>26} {:>26} {:>9}  {}",
                 if i == 0 { w.name.as_str() } else { "" },
                 format!("{} {arrow}", m.unit),
-                cell(e),
-                cell(k),
+                cell_of(runs, "endpoint", m.key),
+                cell_of(runs, "kernel", m.key),
                 r,
                 cpu
             );
         }
     }
     println!("(↑ higher is better, ↓ lower is better; server CPU per unit: lower is better)");
+    if report
+        .iter()
+        .any(|(w, _)| matches!(w.kind, Kind::Ceiling { .. }))
+    {
+        println!(
+            "(ceiling-*: tcp-user reflect, no TCP, in the endpoint column; server CPU = \
+             reflector + the server veth's NAPI kthread)"
+        );
+    }
     if report.iter().any(|(w, _)| w.name.ends_with("-offload")) {
         println!(
             "(*-offload: the kernel with Linux's default offloads on both veth ends (TSO/GSO); \
@@ -205,6 +400,7 @@ pub fn print_table(report: &Report) {
         );
     }
     println!();
+    print_ceiling_rows(&ceiling_rows(report));
 }
 
 fn stats_json(s: Option<(f64, f64, f64)>) -> Value {
@@ -289,6 +485,7 @@ pub fn to_json(runs_per_server: u32, topology: &Value, report: &Report) -> Value
         "runs": runs_per_server,
         "topology": topology,
         "workloads": workloads,
+        "ceiling_comparisons": ceiling_json(&ceiling_rows(report)),
     })
 }
 
@@ -297,6 +494,8 @@ struct ChartRow {
     label: String,
     metric: Option<f64>,
     cpu: Option<f64>,
+    /// The target share (ceiling comparisons): a red mark.
+    goal: Option<f64>,
 }
 
 /// XML text escaping.
@@ -310,8 +509,11 @@ fn esc(s: &str) -> String {
 /// ratio of its primary metric and of the server CPU per unit of work, on
 /// a log axis, each bar drawn from parity (1) to its ratio.
 pub fn chart_svg(report: &Report) -> String {
-    let rows: Vec<ChartRow> = report
+    let mut rows: Vec<ChartRow> = report
         .iter()
+        // Endpoint-only workloads (the ceiling) have no ratio to draw;
+        // they appear through the comparisons below.
+        .filter(|(w, _)| w.servers().len() > 1)
         .filter_map(|(w, runs)| {
             let m = *w.metrics().first()?;
             let r = ratio(
@@ -329,9 +531,23 @@ pub fn chart_svg(report: &Report) -> String {
                 label: format!("{} ({} {arrow})", w.name, m.unit),
                 metric: r,
                 cpu: c,
+                goal: None,
             })
         })
         .collect();
+    let ceiling_from = rows.len();
+    rows.extend(ceiling_rows(report).into_iter().map(|r| ChartRow {
+        label: format!(
+            "{}{} / {} (goal {:.0} %)",
+            if r.best { "* " } else { "" },
+            r.workload,
+            r.ceiling,
+            r.goal * 100.0
+        ),
+        metric: Some(r.share),
+        cpu: r.cpu_share,
+        goal: Some(r.goal),
+    }));
     let values: Vec<f64> = rows
         .iter()
         .flat_map(|r| [r.metric, r.cpu])
@@ -354,7 +570,10 @@ pub fn chart_svg(report: &Report) -> String {
         .min(4.0);
     let (left, plot_w, row_h, top) = (300.0, 560.0, 34.0, 70.0);
     let width = left + plot_w + 40.0;
-    let height = top + row_h * rows.len().max(1) as f64 + 60.0;
+    // Room for the heading of the ceiling comparisons, if any.
+    let gap = if rows.len() > ceiling_from { 18.0 } else { 0.0 };
+    let row_y = |i: usize| top + row_h * i as f64 + if i >= ceiling_from { gap } else { 0.0 };
+    let height = top + row_h * rows.len().max(1) as f64 + gap + 60.0;
     let x = |v: f64| left + (v.log10().clamp(lo, hi) - lo) / (hi - lo) * plot_w;
     let mut s = String::new();
     let _ = writeln!(
@@ -377,7 +596,7 @@ pub fn chart_svg(report: &Report) -> String {
         r##"<rect x="{left}" y="50" width="12" height="12" fill="#ef8636"/><text x="{}" y="60">server CPU per unit of work (below 1 the endpoint spends less)</text>"##,
         left + 16.0
     );
-    let bottom = top + row_h * rows.len().max(1) as f64;
+    let bottom = top + row_h * rows.len().max(1) as f64 + gap;
     let mut d = lo;
     while d <= hi + 1e-9 {
         let xv = x(10f64.powf(d));
@@ -406,7 +625,29 @@ pub fn chart_svg(report: &Report) -> String {
     );
     let one = x(1.0);
     for (i, r) in rows.iter().enumerate() {
-        let y0 = top + row_h * i as f64;
+        let y0 = row_y(i);
+        if i == ceiling_from {
+            let yl = y0 - gap;
+            let _ = writeln!(
+                s,
+                r##"<line x1="10" y1="{yl:.1}" x2="{:.1}" y2="{yl:.1}" stroke="#888" stroke-dasharray="4 3"/>"##,
+                left + plot_w
+            );
+            let _ = writeln!(
+                s,
+                r##"<text x="10" y="{:.1}" font-size="10" fill="#555">below: endpoint / reflection ceiling (1 = the ceiling; blue rate, orange per server CPU-second; red mark = goal)</text>"##,
+                yl + 13.0
+            );
+        }
+        if let Some(g) = r.goal {
+            let gx = x(g);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{gx:.1}" y1="{:.1}" x2="{gx:.1}" y2="{:.1}" stroke="#c00" stroke-width="2"/>"##,
+                y0 + 2.0,
+                y0 + row_h - 4.0
+            );
+        }
         let _ = writeln!(
             s,
             r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
@@ -488,6 +729,162 @@ mod tests {
         assert_eq!(num(1.2345), "1.23");
         assert_eq!(num(0.12345), "0.123");
         assert_eq!(num(0.0), "0");
+    }
+
+    fn run(metrics: &[(&str, f64)]) -> Result<RunResult> {
+        Ok(metrics
+            .iter()
+            .fold(RunResult::new(0.0, 0.0), |r, (k, v)| r.metric(k, *v)))
+    }
+
+    /// The report of a benchmark with both ceilings, two rr/crr workloads
+    /// and the two single-stream uploads, figures chosen to divide evenly.
+    fn ceiling_report() -> Report {
+        let all = crate::bench::workloads(&crate::bench::tests_support::args());
+        let w = |n: &str| all.iter().find(|w| w.name == n).unwrap().clone();
+        let one = |ep: Vec<Result<RunResult>>, k: Vec<Result<RunResult>>| {
+            let mut runs: Runs = BTreeMap::new();
+            runs.insert("endpoint", ep);
+            if !k.is_empty() {
+                runs.insert("kernel", k);
+            }
+            runs
+        };
+        vec![
+            (
+                w("upload-0pct"),
+                one(
+                    vec![run(&[("mbps", 579.2), ("cpu_us_per_mib", 16384.0)])],
+                    vec![run(&[("mbps", 2000.0)])],
+                ),
+            ),
+            (
+                w("iperf3-up-P1-txoff"),
+                one(
+                    vec![run(&[("mbps", 1042.56), ("cpu_us_per_mib", 8192.0)])],
+                    vec![],
+                ),
+            ),
+            (
+                w("rr-32conn"),
+                one(
+                    vec![run(&[
+                        ("seg_pairs_per_sec", 120_000.0),
+                        ("cpu_us_per_seg_pair", 6.25),
+                    ])],
+                    // The kernel's figures play no part.
+                    vec![run(&[("seg_pairs_per_sec", 900_000.0)])],
+                ),
+            ),
+            (
+                w("crr-16w"),
+                one(
+                    vec![run(&[
+                        ("seg_pairs_per_sec", 170_000.0),
+                        ("cpu_us_per_seg_pair", 4.0),
+                    ])],
+                    vec![],
+                ),
+            ),
+            (
+                w("ceiling-60B"),
+                one(
+                    vec![
+                        run(&[("frames_per_sec", 180_000.0), ("server_us_per_frame", 6.0)]),
+                        run(&[
+                            ("frames_per_sec", 200_000.0),
+                            ("server_us_per_frame", 5.0),
+                            ("frames_per_cpu_sec", 200_000.0),
+                        ]),
+                        run(&[("frames_per_sec", 220_000.0), ("server_us_per_frame", 4.0)]),
+                        Err(anyhow!("a failed run does not count")),
+                    ],
+                    vec![],
+                ),
+            ),
+            (
+                w("ceiling-1514B"),
+                one(
+                    vec![run(&[
+                        ("frames_per_sec", 100_000.0),
+                        ("server_us_per_frame", 8.0),
+                    ])],
+                    vec![],
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn ceiling_comparisons_are_derived_from_the_medians() {
+        let rows = ceiling_rows(&ceiling_report());
+        let get = |n: &str| rows.iter().find(|r| r.workload == n).unwrap();
+        assert_eq!(rows.len(), 4);
+        // 120,000 segment pairs/s against the median 200,000 frames/s; per
+        // CPU-second 5.0 µs/frame over 6.25 µs/pair.
+        let rr = get("rr-32conn");
+        assert_eq!(rr.ceiling, "ceiling-60B");
+        assert_eq!(rr.ceiling_value, 200_000.0);
+        assert!((rr.share - 0.6).abs() < 1e-12);
+        assert!((rr.cpu_share.unwrap() - 0.8).abs() < 1e-12);
+        assert!(!rr.best);
+        // 170,000 / 200,000 = 0.85 >= 0.8; 5.0 / 4.0 = 1.25: the best.
+        let crr = get("crr-16w");
+        assert!((crr.share - 0.85).abs() < 1e-12);
+        assert!((crr.cpu_share.unwrap() - 1.25).abs() < 1e-12);
+        assert!(crr.best && crr.goal == 0.8);
+        // 100,000 frames/s x 1448 B x 8 = 1158.4 Mbit/s; 1042.56 of it is
+        // 90 %. 8192 µs/MiB = 8192 x 1448 / 2^20 = 11.3125 µs per MSS, so
+        // 8.0 / 11.3125 = 0.70718 per CPU-second.
+        let ip = get("iperf3-up-P1-txoff");
+        assert_eq!(ip.ceiling, "ceiling-1514B");
+        assert!((ip.ceiling_value - 1158.4).abs() < 1e-9);
+        assert!((ip.share - 0.9).abs() < 1e-12);
+        assert!((ip.cpu_share.unwrap() - 8.0 / 11.3125).abs() < 1e-12);
+        assert!(ip.best && ip.goal == 0.9);
+        // 579.2 / 1158.4 = 0.5; 16384 µs/MiB = 22.625 µs per MSS.
+        let up = get("upload-0pct");
+        assert!((up.share - 0.5).abs() < 1e-12);
+        assert!((up.cpu_share.unwrap() - 8.0 / 22.625).abs() < 1e-12);
+        assert!(!up.best);
+        // Without the ceilings there is nothing to compare with.
+        let without: Report = ceiling_report()
+            .into_iter()
+            .filter(|(w, _)| !w.name.starts_with("ceiling"))
+            .collect();
+        assert!(ceiling_rows(&without).is_empty());
+    }
+
+    #[test]
+    fn ceiling_comparisons_reach_the_json_and_the_chart() {
+        let report = ceiling_report();
+        let doc = to_json(1, &json!({}), &report);
+        let c = doc["ceiling_comparisons"].as_array().unwrap();
+        assert_eq!(c.len(), 4);
+        let crr = c.iter().find(|r| r["workload"] == "crr-16w").unwrap();
+        assert_eq!(crr["met"], true);
+        assert_eq!(crr["best"], true);
+        assert_eq!(crr["share"], 0.85);
+        let rr = c.iter().find(|r| r["workload"] == "rr-32conn").unwrap();
+        assert_eq!(rr["met"], false);
+        // The ceiling's own row: endpoint figures, no kernel.
+        let ceil = doc["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "ceiling-60B")
+            .unwrap();
+        assert_eq!(ceil["metrics"][0]["endpoint"]["median"], 200_000.0);
+        assert_eq!(ceil["metrics"][0]["server_cpu"]["endpoint"]["median"], 5.0);
+        assert!(ceil["metrics"][0]["kernel"].is_null());
+        assert_eq!(ceil["metrics"][1]["key"], "frames_per_cpu_sec");
+        assert_eq!(ceil["metrics"][1]["endpoint"]["median"], 200_000.0);
+        let svg = chart_svg(&report);
+        assert!(svg.contains("* crr-16w / ceiling-60B (goal 80 %)"), "{svg}");
+        assert!(svg.contains("iperf3-up-P1-txoff / ceiling-1514B (goal 90 %)"));
+        assert!(svg.contains(">0.850<") && svg.contains(">1.25<"), "{svg}");
+        // The ceilings themselves are no endpoint/kernel row.
+        assert!(!svg.contains(">ceiling-60B ("));
     }
 
     #[test]
