@@ -724,18 +724,7 @@ impl XskSocket {
         fence(Ordering::SeqCst);
         if self.fill.needs_wakeup() {
             self.counters.rx_wakeups += 1;
-            // Safety: a zero-length non-blocking recvfrom only wakes the
-            // driver; it writes nothing through the null pointers.
-            unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    ptr::null_mut(),
-                    0,
-                    libc::MSG_DONTWAIT,
-                    ptr::null_mut(),
-                    ptr::null_mut(),
-                )
-            };
+            self.empty_recv();
         }
     }
 
@@ -921,8 +910,16 @@ impl XskSocket {
             return false;
         }
         self.counters.busy_polls += 1;
-        // Safety: a zero-length non-blocking recvfrom writes nothing
-        // through the null pointers; it only runs the kernel's busy poll.
+        self.empty_recv();
+        true
+    }
+
+    /// A zero-length non-blocking recvfrom: it wakes the kernel's RX
+    /// processing for this socket (and busy-polls its NAPI context when
+    /// busy polling is on) and receives nothing.
+    fn empty_recv(&self) {
+        // Safety: with a zero length and null buffer and address pointers
+        // the kernel writes nothing through them.
         unsafe {
             libc::recvfrom(
                 self.fd.as_raw_fd(),
@@ -933,7 +930,6 @@ impl XskSocket {
                 ptr::null_mut(),
             )
         };
-        true
     }
 
     /// The kernel's statistics for this socket (zeroes if it won't say).

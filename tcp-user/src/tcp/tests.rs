@@ -257,8 +257,9 @@ fn a_segment_filling_part_of_a_gap_is_acked_at_once() {
     assert_eq!(p.one().ack, start + 3, "part of the gap filled");
 }
 
-#[test]
-fn a_bare_ack_at_the_windows_right_edge_is_taken() {
+/// A passive open on a stack whose receive buffer (and so its first
+/// advertised window) is 4096 bytes.
+fn established_with_a_4096_byte_receive_buffer() -> (Peer, ConnId) {
     let cfg = Config {
         recv_buffer: 4096,
         ..config()
@@ -275,6 +276,12 @@ fn a_bare_ack_at_the_windows_right_edge_is_taken() {
     let Some(Event::Accepted { conn: c, .. }) = p.events().first().copied() else {
         panic!()
     };
+    (p, c)
+}
+
+#[test]
+fn a_bare_ack_at_the_windows_right_edge_is_taken() {
+    let (mut p, c) = established_with_a_4096_byte_receive_buffer();
     // Our data goes out.
     p.stack.send(p.now, c, b"echo").unwrap();
     let data = p.one();
@@ -571,22 +578,7 @@ fn zero_window_is_probed_and_reopened() {
 
 #[test]
 fn reading_reopens_a_full_receive_window() {
-    let cfg = Config {
-        recv_buffer: 4096,
-        ..config()
-    };
-    let mut p = Peer::new();
-    p.stack = Stack::new(cfg);
-    p.stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
-    p.send_full(SYN, PEER_ISS, 0, 65535, &[], Some(1460), PORT);
-    p.seq = PEER_ISS + 1;
-    let synack = p.one();
-    assert_eq!(synack.window, 4096);
-    p.ack = synack.seq + 1;
-    p.send(ACK, &[]);
-    let Some(Event::Accepted { conn: c, .. }) = p.events().first().copied() else {
-        panic!()
-    };
+    let (mut p, c) = established_with_a_4096_byte_receive_buffer();
     p.send(ACK, &[1; 2048]);
     p.send(ACK, &[2; 2048]);
     let o = p.outputs();
