@@ -301,6 +301,21 @@ impl Send {
     }
 
     /// RFC 6298 §2.2–2.3: a new RTT measurement R.
+    ///
+    /// RFC 6298 §2.3: "RTO <- SRTT + max (G, K*RTTVAR)", and §2.4: "if it
+    /// is less than 1 second, then the RTO SHOULD be rounded up" to the
+    /// minimum. We apply the minimum to the variance term instead, as
+    /// Linux does (`rttvar` never below `rto_min` in `tcp_set_rto`): RTO =
+    /// SRTT + max(G, K*RTTVAR, min_rto). The RTO is then never below the
+    /// RFC's either, and it stays a margin of at least `min_rto` above
+    /// the smoothed RTT. With the minimum on the whole sum, a path whose
+    /// RTT is steady near the minimum (the peer delays its ACK of a lone
+    /// segment, or a busy receiver answers after tens of milliseconds)
+    /// gets an RTO only a few RTTVARs above SRTT; RTTVAR shrinks by a
+    /// quarter per sample, so after a few calm samples the next slow ACK
+    /// lands after a spurious timeout (measured: 40,000 of them in 5 s of
+    /// request/response over 10,000 connections against a Linux client,
+    /// where the kernel server, with the same 20 ms minimum, had 661).
     pub fn rtt_sample(&mut self, r: Duration, cfg: &Config) {
         match self.srtt {
             None => {
@@ -314,8 +329,8 @@ impl Send {
             }
         }
         let g = Duration::from_millis(1);
-        let rto = self.srtt.unwrap_or(r) + (self.rttvar * 4).max(g);
-        self.rto = rto.clamp(cfg.min_rto, cfg.max_rto);
+        let margin = (self.rttvar * 4).max(g).max(cfg.min_rto);
+        self.rto = (self.srtt.unwrap_or(r) + margin).min(cfg.max_rto);
     }
 
     /// RFC 9293 §3.10.7.4, fifth step, for an ACK with SND.UNA < SEG.ACK

@@ -24,6 +24,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 pub mod cc;
 mod conn;
 pub(crate) mod recovery;
+#[cfg(test)]
+mod rto_tests;
 pub mod seq;
 mod stack;
 mod table;
