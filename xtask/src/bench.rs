@@ -646,8 +646,9 @@ fn counters_note(c: &BTreeMap<String, u64>) -> String {
     );
     for k in [
         "drop_table_full",
-        "afxdp.rx_ring_full",
-        "afxdp.rx_dropped",
+        "afxdp.kernel.rx_dropped",
+        "afxdp.kernel.rx_fill_ring_empty_descs",
+        "afxdp.kernel.rx_ring_full",
         "veth.to_server_dropped",
         "veth.to_client_dropped",
         "qdisc.to_server_requeues",
@@ -1394,6 +1395,12 @@ fn endpoint_counters(tcp_user: &Path, control: &Path) -> Result<BTreeMap<String,
         );
     }
     let v: Value = serde_json::from_slice(&out.stdout).context("parsing tcp-user stat --json")?;
+    flatten_endpoint_stat(&v)
+}
+
+/// `tcp-user stat --json` as flat counters: the core's by name, the rest
+/// prefixed by where they come from (`xdp.`, `driver.`, `afxdp.`).
+fn flatten_endpoint_stat(v: &Value) -> Result<BTreeMap<String, u64>> {
     let counters = v["counters"]
         .as_object()
         .ok_or_else(|| anyhow!("tcp-user stat has no counters"))?;
@@ -1413,9 +1420,18 @@ fn endpoint_counters(tcp_user: &Path, control: &Path) -> Result<BTreeMap<String,
             }
         }
     }
+    // Each socket's kernel statistics (XDP_STATISTICS: rx_dropped,
+    // rx_fill_ring_empty_descs, ...) and engine counters are objects of
+    // their own inside the socket's entry.
     for sock in v["afxdp"].as_array().into_iter().flatten() {
         for (k, v) in sock.as_object().into_iter().flatten() {
-            if let Some(v) = v.as_u64() {
+            if let Some(inner) = v.as_object() {
+                for (k2, v2) in inner {
+                    if let Some(v2) = v2.as_u64() {
+                        *c.entry(format!("afxdp.{k}.{k2}")).or_default() += v2;
+                    }
+                }
+            } else if let Some(v) = v.as_u64() {
                 *c.entry(format!("afxdp.{k}")).or_default() += v;
             }
         }
@@ -2120,6 +2136,32 @@ fn echo(s: TcpStream, bytes: u64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_stat_flattens_each_sockets_kernel_statistics() {
+        let v = json!({
+            "counters": {"segments_in": 10, "note": "x"},
+            "xdp": {"redirected": 12},
+            "driver": {"turns": 3},
+            "afxdp": [
+                {"queue": 0, "napi_id": 0,
+                 "kernel": {"rx_dropped": 2, "rx_fill_ring_empty_descs": 2},
+                 "engine": {"busy_polls": 1}},
+                {"queue": 1, "napi_id": 0,
+                 "kernel": {"rx_dropped": 3, "rx_fill_ring_empty_descs": 0},
+                 "engine": {"busy_polls": 0}}
+            ]
+        });
+        let c = flatten_endpoint_stat(&v).unwrap();
+        assert_eq!(c["segments_in"], 10);
+        assert!(!c.contains_key("note"));
+        assert_eq!(c["xdp.redirected"], 12);
+        assert_eq!(c["driver.turns"], 3);
+        assert_eq!(c["afxdp.queue"], 1);
+        assert_eq!(c["afxdp.kernel.rx_dropped"], 5);
+        assert_eq!(c["afxdp.kernel.rx_fill_ring_empty_descs"], 2);
+        assert_eq!(c["afxdp.engine.busy_polls"], 1);
+    }
 
     #[test]
     fn chargen_lines() {
