@@ -14,6 +14,12 @@ use bytemuck::{Pod, Zeroable};
 pub const ETH_P_IPV4: u16 = 0x0800;
 /// IP protocol number of TCP.
 pub const IPPROTO_TCP: u8 = 6;
+/// Longest TCP segment (header + payload) the XDP program accepts: a
+/// 1500-byte MTU less the 20-byte IPv4 header. Longer owned segments are
+/// dropped (`DropTooLong`), so the engine never offers an MSS above
+/// `MAX_TCP_LEN - 20` (RFC 9293 §3.7.1: the MSS counts data and options
+/// beyond the 20-byte TCP header).
+pub const MAX_TCP_LEN: usize = 1480;
 
 /// An Ethernet II header (no VLAN tag).
 #[repr(C)]

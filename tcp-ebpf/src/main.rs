@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 use tcp_common::{
     EthHdr, FlowKey, Ipv4Hdr, TcpHdr, Verdict, XdpConfig, ETH_P_IPV4, IPPROTO_TCP, MAX_FLOWS,
-    MAX_LISTEN_PORTS, MAX_QUEUES,
+    MAX_LISTEN_PORTS, MAX_QUEUES, MAX_TCP_LEN,
 };
 
 use aya_log_ebpf::debug;
@@ -44,10 +44,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Verdict::COUNT
 
 #[map]
 static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
-
-/// Longest TCP segment (header + payload) the checksum loop covers: a full
-/// 1500-byte MTU less the 20-byte IPv4 header.
-const MAX_TCP_LEN: usize = 1480;
 
 #[xdp]
 pub fn tcp_xdp(ctx: XdpContext) -> u32 {

@@ -133,7 +133,11 @@ impl Interface {
     pub fn mss(&self, frame_size: u32) -> u16 {
         let by_mtu = self.mtu.saturating_sub(40);
         let by_frame = frame_size.saturating_sub(256 + TCP_OFFSET as u32 + 60);
-        by_mtu.min(by_frame).min(u16::MAX as u32) as u16
+        // A jumbo MTU must not raise it past what the XDP program lets
+        // through: a peer sending larger segments would see every one
+        // dropped as too long.
+        let by_xdp = (tcp_common::MAX_TCP_LEN - tcp_common::TcpHdr::LEN) as u32;
+        by_mtu.min(by_frame).min(by_xdp) as u16
     }
 }
 
@@ -1004,8 +1008,18 @@ mod tests {
             addr: Ipv4Addr::new(198, 18, 0, 1),
         };
         assert_eq!(i.mss(4096), 1460);
+        assert_eq!(i.mss(2048), 1460);
+        let small = Interface {
+            mtu: 1280,
+            ..i.clone()
+        };
+        assert_eq!(small.mss(2048), 1240);
+        // A frame too small for a full segment behind the headroom.
+        assert_eq!(i.mss(1024), 1024 - 256 - 34 - 60);
+        // Jumbo frames: capped where the XDP program stops accepting.
         let jumbo = Interface { mtu: 9000, ..i };
-        assert_eq!(jumbo.mss(4096), 4096 - 256 - 34 - 60);
+        assert_eq!(jumbo.mss(4096), 1460);
+        assert_eq!(jumbo.mss(2048), 1460);
     }
 
     /// The driver's wait on tokio's paused clock: time moves only when the
