@@ -893,7 +893,8 @@ impl Recv {
     /// Keeps data that arrived beyond a hole; false if it could not be kept
     /// (outside the window, or the queue is at its bound).
     pub fn hold_out_of_order(&mut self, seq: SeqNum, data: &[u8]) -> bool {
-        const MAX_SEGMENTS: usize = 512;
+        // Room for a full default window (1 MiB) of full-sized segments.
+        const MAX_SEGMENTS: usize = 1024;
         let right = self.rcv_nxt + self.rcv_wnd();
         let room = self.recv_cap.saturating_sub(self.recv_buf.len());
         if !seq.gt(self.rcv_nxt) || !seq.lt(right) || self.out_of_order.len() >= MAX_SEGMENTS {

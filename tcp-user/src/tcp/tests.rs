@@ -962,7 +962,7 @@ fn window_scaling_is_negotiated_and_applied() {
     let mut out = [0u8; 128];
     let t = p.stack.poll_transmit(p.now, &mut out).unwrap();
     let synack = TcpRepr::parse(LOCAL, REMOTE, &out[..t.len]).unwrap();
-    assert_eq!(synack.options.window_scale, Some(3));
+    assert_eq!(synack.options.window_scale, Some(5));
     assert_eq!(synack.window, 65535, "a SYN,ACK's window is never scaled");
     p.ack = synack.seq.get() + 1;
     // The peer's window of 100 now means 100 << 7 = 12800 bytes.
@@ -976,12 +976,13 @@ fn window_scaling_is_negotiated_and_applied() {
     // Eight full segments; the 1120-byte rest of the window waits (sender
     // SWS avoidance: less than an MSS and less than half the window).
     assert_eq!(sent, 8 * 1460);
-    // Our own window is advertised scaled by 3.
+    // Our own window is advertised scaled by 5 (1 MiB).
     p.send(ACK, b"hi");
     p.send(ACK, b"hi");
     let o = p.outputs();
     let w = o.last().unwrap().window as usize;
-    assert_eq!(w, (256 * 1024 - 4) / 8 + 1, "free space >> 3, rounded up");
+    assert_eq!(Config::default().recv_buffer, 1 << 20);
+    assert_eq!(w, ((1 << 20) - 4) / 32 + 1, "free space >> 5, rounded up");
 
     // Without the option from the peer, no scaling either way.
     let mut q = Peer::new();
@@ -1182,7 +1183,8 @@ fn sack_is_negotiated_and_reports_held_data_most_recent_first() {
     );
 }
 
-/// A connection with SACK negotiated (no timestamps: four blocks fit);
+/// A connection with SACK and window scaling negotiated (no timestamps:
+/// four blocks fit);
 /// returns the peer and its next sequence number.
 fn sack_peer() -> (Peer, u32) {
     let mut p = Peer::new();
@@ -1202,6 +1204,7 @@ fn sack_peer() -> (Peer, u32) {
         options: TcpOptions {
             mss: Some(1460),
             sack_permitted: true,
+            window_scale: Some(7),
             ..Default::default()
         },
         payload: &[],
@@ -1320,6 +1323,30 @@ fn a_duplicate_of_held_data_draws_one_d_sack_block() {
         sack_of_acks(&mut p)[0][..2],
         [(s + 150, s + 200), (s + 100, s + 300)]
     );
+}
+
+#[test]
+fn a_default_window_of_segments_beyond_a_hole_is_held() {
+    // The default window (1 MiB) holds 700 full-sized segments beyond a
+    // lost one: all are kept and SACKed, so a sender whose retransmission
+    // of the hole is lost still has room to send new data whose delivery
+    // exposes that loss (RFC 8985), instead of waiting for its RTO.
+    let (mut p, s) = sack_peer();
+    let seg = 1460u32;
+    // Two segments in order: their ACK advertises the scaled window.
+    p.send_raw(ACK, s, p.ack, 65535, &[1; 1460]);
+    p.send_raw(ACK, s + seg, p.ack, 65535, &[1; 1460]);
+    assert_eq!(p.outputs().last().unwrap().ack, s + 2 * seg);
+    let s = s + 2 * seg;
+    for i in 1..=700 {
+        p.send_raw(ACK, s + i * seg, p.ack, 65535, &[1; 1460]);
+    }
+    let acks = sack_of_acks(&mut p);
+    assert_eq!(acks.last().unwrap()[0], (s + seg, s + 701 * seg));
+    // The hole filled: everything is delivered at once.
+    p.send_raw(ACK, s, p.ack, 65535, &[1; 1460]);
+    let o = p.outputs();
+    assert_eq!(o.last().unwrap().ack, s + 701 * seg);
 }
 
 #[test]
