@@ -716,6 +716,8 @@ impl Send {
 /// ACKs we owe.
 /// How many recent out-of-order arrivals decide the order of SACK blocks.
 const SACK_RECENT: usize = 8;
+/// An ACK answering this many segments or more is sent twice.
+const ACK_COPY_AFTER: u32 = 4;
 
 pub(crate) struct Recv {
     pub irs: SeqNum,
@@ -736,6 +738,10 @@ pub(crate) struct Recv {
     /// How many of `sack_recent` (from the front) received data since our
     /// last ACK.
     pub sack_fresh: u8,
+    /// Out-of-order segments that arrived since our last ACK.
+    pub arrivals_since_ack: u32,
+    /// The ACK just sent answered a batch of segments: a copy follows.
+    pub ack_copy_due: bool,
     /// A duplicate segment to report once in a D-SACK block (RFC 2883).
     pub dsack: Option<(SeqNum, SeqNum)>,
     /// Segments beyond a hole, sorted by sequence number, held until the
@@ -766,6 +772,8 @@ impl Recv {
             sack_recent: [irs; SACK_RECENT],
             sack_recent_len: 0,
             sack_fresh: 0,
+            arrivals_since_ack: 0,
+            ack_copy_due: false,
             dsack: None,
             out_of_order: Vec::new(),
             out_of_order_bytes: 0,
@@ -781,12 +789,36 @@ impl Recv {
     fn ack_sent(&mut self) {
         // The segment carried the older fresh runs only (segment_options):
         // another ACK follows.
+        let answered = self.arrivals_since_ack.saturating_add(self.unacked_segs);
         if let Some((lo, _)) = self.pre_ack_chunk(self.max_sack_blocks()) {
             self.sack_fresh = lo as u8;
             self.ack_now = true;
+            self.arrivals_since_ack = answered;
+        } else if answered >= ACK_COPY_AFTER
+            && !self.ack_copy_due
+            && self.sack_ok
+            && !self.out_of_order.is_empty()
+        {
+            // RFC 5681 §4.2: "an ACK SHOULD be generated for at least
+            // every second full-sized segment". We read arrivals in
+            // batches, so one ACK may answer dozens of segments, where a
+            // receiver answering each arrival would have sent a dozen
+            // ACKs: if that one is lost while data is held beyond a hole
+            // (the sender is in recovery, where Linux sends no tail-loss
+            // probe), a sender that has filled its window hears nothing
+            // until its RTO. The same ACK goes twice. (Only with SACK
+            // blocks: a copy SACKs nothing new, so an RFC 6675 sender
+            // does not count it as a duplicate ACK, and a RACK sender
+            // ignores it.)
+            self.sack_fresh = 0;
+            self.ack_now = true;
+            self.ack_copy_due = true;
+            self.arrivals_since_ack = 0;
         } else {
             self.sack_fresh = 0;
             self.ack_now = false;
+            self.ack_copy_due = false;
+            self.arrivals_since_ack = 0;
         }
         self.ack_at = None;
         self.unacked_segs = 0;
@@ -893,6 +925,7 @@ impl Recv {
     /// Keeps data that arrived beyond a hole; false if it could not be kept
     /// (outside the window, or the queue is at its bound).
     pub fn hold_out_of_order(&mut self, seq: SeqNum, data: &[u8]) -> bool {
+        self.arrivals_since_ack = self.arrivals_since_ack.saturating_add(1);
         // Room for a full default window (1 MiB) of full-sized segments.
         const MAX_SEGMENTS: usize = 1024;
         let right = self.rcv_nxt + self.rcv_wnd();

@@ -1272,9 +1272,11 @@ fn runs_that_do_not_fit_in_one_ack_go_in_an_earlier_one() {
         p.send_raw(ACK, s + 100 * k, p.ack, 65535, &[1; 100]);
     }
     let acks = sack_of_acks(&mut p);
-    assert_eq!(acks.len(), 2, "{acks:?}");
+    assert_eq!(acks.len(), 3, "{acks:?}");
     assert_eq!(acks[0][..2], [run(1), run(11)], "{acks:?}");
     assert_eq!(acks[1], vec![run(9), run(7), run(5), run(3)]);
+    // The last answers six segments: it goes twice.
+    assert_eq!(acks[2], acks[1]);
     // Every run was reported.
     for k in [1, 3, 5, 7, 9, 11] {
         assert!(acks.iter().flatten().any(|b| *b == run(k)), "run {k}");
@@ -1323,6 +1325,29 @@ fn a_duplicate_of_held_data_draws_one_d_sack_block() {
         sack_of_acks(&mut p)[0][..2],
         [(s + 150, s + 200), (s + 100, s + 300)]
     );
+}
+
+#[test]
+fn an_ack_answering_a_batch_beyond_a_hole_goes_twice() {
+    let (mut p, s) = sack_peer();
+    // Six segments in order, read in one batch: one ACK (no hole).
+    for i in 0..6 {
+        p.send_raw(ACK, s + 100 * i, p.ack, 65535, &[1; 100]);
+    }
+    assert_eq!(sack_of_acks(&mut p).len(), 1);
+    let s = s + 600;
+    // A hole, then two segments: one ACK.
+    p.send_raw(ACK, s + 100, p.ack, 65535, &[1; 100]);
+    p.send_raw(ACK, s + 200, p.ack, 65535, &[1; 100]);
+    assert_eq!(sack_of_acks(&mut p), vec![vec![(s + 100, s + 300)]]);
+    // Four more beyond the hole in one batch: the ACK goes twice.
+    for i in 3..7 {
+        p.send_raw(ACK, s + 100 * i, p.ack, 65535, &[1; 100]);
+    }
+    let acks = sack_of_acks(&mut p);
+    assert_eq!(acks, vec![vec![(s + 100, s + 700)]; 2]);
+    let o = p.outputs();
+    assert!(o.is_empty(), "{o:?}");
 }
 
 #[test]
