@@ -729,6 +729,11 @@ impl Send {
 
 /// The receive side (RFC 9293 §3.3.1, receive sequence variables) and the
 /// ACKs we owe.
+/// How many recent out-of-order arrivals decide the order of SACK blocks.
+const SACK_RECENT: usize = 8;
+/// An ACK answering this many segments or more is sent twice.
+const ACK_COPY_AFTER: u32 = 4;
+
 pub(crate) struct Recv {
     pub irs: SeqNum,
     pub rcv_nxt: SeqNum,
@@ -740,9 +745,20 @@ pub(crate) struct Recv {
     pub rcv_wscale: u8,
     /// Send SACK blocks for out-of-order data (negotiated, RFC 2018).
     pub sack_ok: bool,
-    /// Where the most recent out-of-order segment starts: its block is
-    /// reported first (RFC 2018 §4).
-    pub last_out_of_order: Option<SeqNum>,
+    /// One held segment of each run of held data that received a segment
+    /// recently, the most recent first: the runs holding them are the
+    /// blocks reported, in this order (RFC 2018 §4).
+    pub sack_recent: [SeqNum; SACK_RECENT],
+    pub sack_recent_len: u8,
+    /// How many of `sack_recent` (from the front) received data since our
+    /// last ACK.
+    pub sack_fresh: u8,
+    /// Out-of-order segments that arrived since our last ACK.
+    pub arrivals_since_ack: u32,
+    /// The ACK just sent answered a batch of segments: a copy follows.
+    pub ack_copy_due: bool,
+    /// A duplicate segment to report once in a D-SACK block (RFC 2883).
+    pub dsack: Option<(SeqNum, SeqNum)>,
     /// Segments beyond a hole, sorted by sequence number, held until the
     /// hole fills; their total stays within the receive window.
     pub out_of_order: Vec<(SeqNum, Vec<u8>)>,
@@ -768,7 +784,12 @@ impl Recv {
             recv_cap: cfg.recv_buffer,
             rcv_wscale: 0,
             sack_ok: false,
-            last_out_of_order: None,
+            sack_recent: [irs; SACK_RECENT],
+            sack_recent_len: 0,
+            sack_fresh: 0,
+            arrivals_since_ack: 0,
+            ack_copy_due: false,
+            dsack: None,
             out_of_order: Vec::new(),
             out_of_order_bytes: 0,
             ack_now: false,
@@ -781,23 +802,82 @@ impl Recv {
 
     /// A segment carrying our ACK is going out: nothing more is owed.
     fn ack_sent(&mut self) {
-        self.ack_now = false;
+        // The segment carried the older fresh runs only (segment_options):
+        // another ACK follows.
+        let answered = self.arrivals_since_ack.saturating_add(self.unacked_segs);
+        if let Some((lo, _)) = self.pre_ack_chunk(self.max_sack_blocks()) {
+            self.sack_fresh = lo as u8;
+            self.ack_now = true;
+            self.arrivals_since_ack = answered;
+        } else if answered >= ACK_COPY_AFTER
+            && !self.ack_copy_due
+            && self.sack_ok
+            && !self.out_of_order.is_empty()
+        {
+            // RFC 5681 §4.2: "an ACK SHOULD be generated for at least
+            // every second full-sized segment". We read arrivals in
+            // batches, so one ACK may answer dozens of segments, where a
+            // receiver answering each arrival would have sent a dozen
+            // ACKs: if that one is lost while data is held beyond a hole
+            // (the sender is in recovery, where Linux sends no tail-loss
+            // probe), a sender that has filled its window hears nothing
+            // until its RTO. The same ACK goes twice. (Only with SACK
+            // blocks: a copy SACKs nothing new, so an RFC 6675 sender
+            // does not count it as a duplicate ACK, and a RACK sender
+            // ignores it.)
+            self.sack_fresh = 0;
+            self.ack_now = true;
+            self.ack_copy_due = true;
+            self.arrivals_since_ack = 0;
+        } else {
+            self.sack_fresh = 0;
+            self.ack_now = false;
+            self.ack_copy_due = false;
+            self.arrivals_since_ack = 0;
+        }
         self.ack_at = None;
         self.unacked_segs = 0;
         self.last_ack_sent = self.rcv_nxt;
+        // RFC 2883 §4: "each duplicate contiguous sequence of data received
+        // is reported in at most one D-SACK block (i.e., the receiver
+        // sends two identical D-SACK blocks in subsequent packets only if
+        // the receiver receives two duplicate segments)".
+        self.dsack = None;
     }
 
     /// The options of a non-SYN segment: timestamps when negotiated (RFC
     /// 7323 §3.2: "MUST be sent in every non-<RST> segment"), and SACK
     /// blocks for held data (three fit beside timestamps in 40 bytes).
+    ///
+    /// When more runs received data since our last ACK than one ACK has
+    /// room for (we read arrivals in batches, so one ACK may answer dozens
+    /// of segments), the segment carries the older of them and another
+    /// ACK follows: each of these ACKs is the one an earlier arrival would
+    /// have drawn, and a run of held data the peer never hears of is
+    /// retransmitted for nothing.
     fn segment_options(&self, now: Instant) -> TcpOptions {
-        let timestamps = self.ts.map(|t| (tsval(now, t.offset), t.recent));
-        let max_blocks = if timestamps.is_some() { 3 } else { 4 };
         TcpOptions {
-            timestamps,
-            sack: self.sack_blocks(max_blocks),
+            timestamps: self.ts.map(|t| (tsval(now, t.offset), t.recent)),
+            sack: self.sack_blocks(self.max_sack_blocks()),
             ..Default::default()
         }
+    }
+
+    /// Three SACK blocks fit beside timestamps in 40 option bytes, else 4.
+    fn max_sack_blocks(&self) -> usize {
+        if self.ts.is_some() {
+            3
+        } else {
+            4
+        }
+    }
+
+    /// The fresh entries of `sack_recent` that this segment reports before
+    /// the rest go in a later ACK, if they do not all fit.
+    fn pre_ack_chunk(&self, max: usize) -> Option<(usize, usize)> {
+        let room = max.saturating_sub(usize::from(self.dsack.is_some()));
+        let fresh = self.sack_fresh as usize;
+        (self.sack_ok && room > 0 && fresh > room).then(|| (room.max(fresh - room), fresh))
     }
 
     /// Free buffer space, at most what the window field can say.
@@ -860,22 +940,30 @@ impl Recv {
     /// Keeps data that arrived beyond a hole; false if it could not be kept
     /// (outside the window, or the queue is at its bound).
     pub fn hold_out_of_order(&mut self, seq: SeqNum, data: &[u8]) -> bool {
-        const MAX_SEGMENTS: usize = 512;
+        self.arrivals_since_ack = self.arrivals_since_ack.saturating_add(1);
+        // Room for a full default window (1 MiB) of full-sized segments.
+        const MAX_SEGMENTS: usize = 1024;
         let right = self.rcv_nxt + self.rcv_wnd();
         let room = self.recv_cap.saturating_sub(self.recv_buf.len());
         if !seq.gt(self.rcv_nxt) || !seq.lt(right) || self.out_of_order.len() >= MAX_SEGMENTS {
             return false;
         }
         let len = (right.diff(seq) as usize).min(data.len());
+        let end = seq + len as u32;
+        if len > 0 && self.holds(seq, end) {
+            // A duplicate of what we hold. RFC 2883 §4: "If the D-SACK
+            // block reports a duplicate contiguous sequence from a
+            // (possibly larger) block of data in the receiver's data queue
+            // above the cumulative acknowledgement, then the second SACK
+            // block in that SACK option should specify that (possibly
+            // larger) block of data": the block holding it is made the
+            // most recent, so it follows the D-SACK block.
+            self.note_duplicate(seq, end);
+            self.sack_touch(seq);
+            return true;
+        }
         if self.out_of_order_bytes + len > room {
             return false;
-        }
-        if self
-            .out_of_order
-            .iter()
-            .any(|(s, d)| *s == seq && d.len() >= len)
-        {
-            return true; // a duplicate of what we hold
         }
         let at = self
             .out_of_order
@@ -884,8 +972,81 @@ impl Recv {
             .unwrap_or(self.out_of_order.len());
         self.out_of_order.insert(at, (seq, data[..len].to_vec()));
         self.out_of_order_bytes += len;
-        self.last_out_of_order = Some(seq);
+        self.sack_touch(seq);
         true
+    }
+
+    /// Whether held data covers all of `[seq, end)`.
+    fn holds(&self, seq: SeqNum, end: SeqNum) -> bool {
+        let mut at = seq;
+        for (s, d) in &self.out_of_order {
+            let e = *s + d.len() as u32;
+            if s.le(at) && at.lt(e) {
+                at = e;
+                if !at.lt(end) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Records `[seq, end)` as received twice: the next segment we send
+    /// reports it in a D-SACK block (RFC 2883 §4: "If the data packet
+    /// being acknowledged contains a duplicate segment, the first SACK
+    /// block is used to report the sequence number of the duplicate").
+    pub fn note_duplicate(&mut self, seq: SeqNum, end: SeqNum) {
+        if self.sack_ok && seq.lt(end) {
+            self.dsack = Some((seq, end));
+        }
+    }
+
+    /// RFC 2018 §4: "The first SACK block ... MUST specify the contiguous
+    /// block of data containing the segment which triggered this ACK";
+    /// the others repeat "the most recently reported SACK blocks". The run
+    /// holding the segment starting at `seq` becomes the most recent (one
+    /// entry per run: the entries of runs it joined go).
+    fn sack_touch(&mut self, seq: SeqNum) {
+        let Some((l, r)) = self.held_runs().find(|(l, r)| seq.in_range(*l, *r)) else {
+            return;
+        };
+        let (mut len, mut fresh) = (self.sack_recent_len as usize, self.sack_fresh as usize);
+        let mut i = 0;
+        while i < len {
+            if self.sack_recent[i].in_range(l, r) {
+                self.sack_recent.copy_within(i + 1..len, i);
+                len -= 1;
+                if i < fresh {
+                    fresh -= 1;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let keep = len.min(SACK_RECENT - 1);
+        self.sack_recent.copy_within(0..keep, 1);
+        self.sack_recent[0] = seq;
+        self.sack_recent_len = (keep + 1) as u8;
+        self.sack_fresh = (fresh + 1).min(keep + 1) as u8;
+    }
+
+    /// Entries of `sack_recent` whose data was delivered in order go.
+    fn sack_forget_delivered(&mut self) {
+        let (mut len, mut fresh) = (self.sack_recent_len as usize, self.sack_fresh as usize);
+        let mut i = 0;
+        while i < len {
+            if self.sack_recent[i].gt(self.rcv_nxt) {
+                i += 1;
+            } else {
+                self.sack_recent.copy_within(i + 1..len, i);
+                len -= 1;
+                if i < fresh {
+                    fresh -= 1;
+                }
+            }
+        }
+        self.sack_recent_len = len as u8;
+        self.sack_fresh = fresh as u8;
     }
 
     /// Moves held data that became contiguous into the receive buffer;
@@ -906,6 +1067,9 @@ impl Recv {
                 moved |= take > 0;
             }
         }
+        if moved {
+            self.sack_forget_delivered();
+        }
         if self.out_of_order.is_empty() && self.out_of_order.capacity() > 0 {
             // The hole is filled: the queue's room goes back.
             self.out_of_order = Vec::new();
@@ -913,35 +1077,65 @@ impl Recv {
         moved
     }
 
-    /// The SACK blocks to report (RFC 2018 §4): contiguous runs of held
-    /// data, the one with the most recent arrival first, at most `max`.
+    /// The SACK blocks to report (RFC 2018 §4): a D-SACK block first when
+    /// a duplicate arrived since our last ACK (RFC 2883), then contiguous
+    /// runs of held data, the one holding the most recent arrival first
+    /// and the next most recent after it, at most `max` blocks in all.
     pub fn sack_blocks(&self, max: usize) -> SackBlocks {
         let mut out = SackBlocks::default();
-        if !self.sack_ok || self.out_of_order.is_empty() || max == 0 {
+        if !self.sack_ok || max == 0 {
             return out;
         }
-        // Merge the sorted held segments into runs.
-        let mut runs: Vec<(SeqNum, SeqNum)> = Vec::new();
-        for (seq, data) in &self.out_of_order {
-            let end = *seq + data.len() as u32;
-            match runs.last_mut() {
-                Some((_, r)) if seq.le(*r) => *r = r.max(end),
-                _ => runs.push((*seq, end)),
+        if let Some((l, r)) = self.dsack {
+            out.push(l, r);
+        }
+        if self.out_of_order.is_empty() {
+            return out;
+        }
+        // "The SACK option SHOULD be filled out by repeating the most
+        // recently reported SACK blocks ... that are not subsets of a SACK
+        // block already included in the SACK option being constructed."
+        let skip = usize::from(self.dsack.is_some());
+        let has = |out: &SackBlocks, l: SeqNum| out.as_slice()[skip..].iter().any(|b| b.0 == l);
+        // Fresh runs that do not fit in the last ACK go first in an
+        // earlier one (segment_options).
+        let chunk = self.pre_ack_chunk(max).map_or(0..0, |(lo, hi)| lo..hi);
+        let recent = &self.sack_recent[..self.sack_recent_len as usize];
+        for &seq in recent[chunk].iter().chain(recent) {
+            if out.len as usize >= max {
+                break;
+            }
+            if let Some((l, r)) = self.held_runs().find(|(l, r)| seq.in_range(*l, *r)) {
+                if !has(&out, l) {
+                    out.push(l, r);
+                }
             }
         }
-        let recent = self
-            .last_out_of_order
-            .and_then(|s| runs.iter().position(|(l, r)| s.in_range(*l, *r)));
-        if let Some(i) = recent {
-            out.push(runs[i].0, runs[i].1);
-        }
-        for (i, (l, r)) in runs.iter().enumerate() {
-            if Some(i) != recent && (out.len as usize) < max {
-                out.push(*l, *r);
+        // Room left (held runs whose arrivals were not recent): the lowest
+        // first, the holes the peer repairs next.
+        for (l, r) in self.held_runs() {
+            if out.len as usize >= max {
+                break;
+            }
+            if !has(&out, l) {
+                out.push(l, r);
             }
         }
         out.len = out.len.min(max as u8);
         out
+    }
+
+    /// The contiguous runs of held data, lowest first.
+    fn held_runs(&self) -> impl Iterator<Item = (SeqNum, SeqNum)> + '_ {
+        let mut segs = self.out_of_order.iter().peekable();
+        std::iter::from_fn(move || {
+            let (s, d) = segs.next()?;
+            let (l, mut r) = (*s, *s + d.len() as u32);
+            while let Some((s, d)) = segs.next_if(|(s, _)| s.le(r)) {
+                r = r.max(*s + d.len() as u32);
+            }
+            Some((l, r))
+        })
     }
 
     /// Copies out up to `buf.len()` received bytes.

@@ -261,7 +261,13 @@ impl Default for Config {
             max_rto: Duration::from_secs(120),
             max_retries: 15,
             syn_retries: 6,
-            recv_buffer: 256 * 1024,
+            // 1 MiB, not 256 KiB: under loss, data held beyond a hole fills
+            // the window, and a sender whose retransmission of the hole is
+            // lost while it has no room for new data cannot detect that
+            // loss (RFC 8985 needs a later transmission to be delivered)
+            // and waits for its RTO (200 ms for Linux). A Linux receiver
+            // lets its window grow to several MiB (tcp_rmem).
+            recv_buffer: 1024 * 1024,
             send_buffer: 1024 * 1024,
             delayed_ack: Duration::from_millis(40),
             max_connections: 100_000,

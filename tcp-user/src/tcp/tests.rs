@@ -962,7 +962,7 @@ fn window_scaling_is_negotiated_and_applied() {
     let mut out = [0u8; 128];
     let t = p.stack.poll_transmit(p.now, &mut out).unwrap();
     let synack = TcpRepr::parse(LOCAL, REMOTE, &out[..t.len]).unwrap();
-    assert_eq!(synack.options.window_scale, Some(3));
+    assert_eq!(synack.options.window_scale, Some(5));
     assert_eq!(synack.window, 65535, "a SYN,ACK's window is never scaled");
     p.ack = synack.seq.get() + 1;
     // The peer's window of 100 now means 100 << 7 = 12800 bytes.
@@ -976,12 +976,13 @@ fn window_scaling_is_negotiated_and_applied() {
     // Eight full segments; the 1120-byte rest of the window waits (sender
     // SWS avoidance: less than an MSS and less than half the window).
     assert_eq!(sent, 8 * 1460);
-    // Our own window is advertised scaled by 3.
+    // Our own window is advertised scaled by 5 (1 MiB).
     p.send(ACK, b"hi");
     p.send(ACK, b"hi");
     let o = p.outputs();
     let w = o.last().unwrap().window as usize;
-    assert_eq!(w, (256 * 1024 - 4) / 8 + 1, "free space >> 3, rounded up");
+    assert_eq!(Config::default().recv_buffer, 1 << 20);
+    assert_eq!(w, ((1 << 20) - 4) / 32 + 1, "free space >> 5, rounded up");
 
     // Without the option from the peer, no scaling either way.
     let mut q = Peer::new();
@@ -1180,6 +1181,197 @@ fn sack_is_negotiated_and_reports_held_data_most_recent_first() {
             .options
             .sack_permitted
     );
+}
+
+/// A connection with SACK and window scaling negotiated (no timestamps:
+/// four blocks fit);
+/// returns the peer and its next sequence number.
+fn sack_peer() -> (Peer, u32) {
+    let mut p = Peer::new();
+    p.stack = Stack::new(Config {
+        sack: true,
+        ..config()
+    });
+    p.stack.listen(SocketAddrV4::new(LOCAL, PORT)).unwrap();
+    let syn = TcpRepr {
+        src_port: RPORT,
+        dst_port: PORT,
+        seq: SeqNum::new(PEER_ISS),
+        ack: SeqNum::new(0),
+        flags: SYN,
+        window: 65535,
+        urgent: 0,
+        options: TcpOptions {
+            mss: Some(1460),
+            sack_permitted: true,
+            window_scale: Some(7),
+            ..Default::default()
+        },
+        payload: &[],
+    };
+    let mut buf = [0u8; 64];
+    let n = syn.emit(REMOTE, LOCAL, &mut buf);
+    p.stack.handle_segment(p.now, REMOTE, LOCAL, &buf[..n]);
+    let mut out = [0u8; 128];
+    let t = p.stack.poll_transmit(p.now, &mut out).unwrap();
+    let synack = TcpRepr::parse(LOCAL, REMOTE, &out[..t.len]).unwrap();
+    p.seq = PEER_ISS + 1;
+    p.ack = synack.seq.get() + 1;
+    p.send(ACK, &[]);
+    let start = p.seq;
+    (p, start)
+}
+
+/// The SACK blocks of every segment the stack sends now.
+fn sack_of_acks(p: &mut Peer) -> Vec<Vec<(u32, u32)>> {
+    let mut v = Vec::new();
+    let mut out = [0u8; 256];
+    while let Some(t) = p.stack.poll_transmit(p.now, &mut out) {
+        let r = TcpRepr::parse(LOCAL, REMOTE, &out[..t.len]).unwrap();
+        v.push(
+            r.options
+                .sack
+                .as_slice()
+                .iter()
+                .map(|(l, r)| (l.get(), r.get()))
+                .collect(),
+        );
+    }
+    v
+}
+
+#[test]
+fn sack_blocks_repeat_the_most_recently_reported_ones() {
+    let (mut p, s) = sack_peer();
+    // Five runs beyond a hole at s: [s+100k, s+100k+100) for k = 1, 3, 5,
+    // 7, 9, arriving in the order 1, 5, 9, 3, 7.
+    for k in [1, 5, 9, 3, 7] {
+        p.send_raw(ACK, s + 100 * k, p.ack, 65535, &[1; 100]);
+    }
+    let run = |k: u32| (s + 100 * k, s + 100 * k + 100);
+    // RFC 2018 §4: the block of the segment that triggered the ACK first,
+    // then the most recently reported ones (not the lowest ones).
+    let acks = sack_of_acks(&mut p);
+    assert_eq!(acks.last(), Some(&vec![run(7), run(3), run(9), run(5)]));
+    // Joining two older runs makes the joined run the first block.
+    p.send_raw(ACK, s + 200, p.ack, 65535, &[1; 100]);
+    assert_eq!(
+        sack_of_acks(&mut p),
+        vec![vec![(s + 100, s + 400), run(7), run(9), run(5)]]
+    );
+}
+
+#[test]
+fn runs_that_do_not_fit_in_one_ack_go_in_an_earlier_one() {
+    let (mut p, s) = sack_peer();
+    let run = |k: u32| (s + 100 * k, s + 100 * k + 100);
+    // Six runs receive data before the stack is polled (a batch of
+    // arrivals): four fit in one ACK, so two ACKs go, the older runs in
+    // the first, the most recent first in the last (RFC 2018 §4).
+    for k in [11, 1, 3, 5, 7, 9] {
+        p.send_raw(ACK, s + 100 * k, p.ack, 65535, &[1; 100]);
+    }
+    let acks = sack_of_acks(&mut p);
+    assert_eq!(acks.len(), 3, "{acks:?}");
+    assert_eq!(acks[0][..2], [run(1), run(11)], "{acks:?}");
+    assert_eq!(acks[1], vec![run(9), run(7), run(5), run(3)]);
+    // The last answers six segments: it goes twice.
+    assert_eq!(acks[2], acks[1]);
+    // Every run was reported.
+    for k in [1, 3, 5, 7, 9, 11] {
+        assert!(acks.iter().flatten().any(|b| *b == run(k)), "run {k}");
+    }
+    // One fresh run: one ACK.
+    p.send_raw(ACK, s + 1300, p.ack, 65535, &[1; 100]);
+    assert_eq!(sack_of_acks(&mut p).len(), 1);
+    // Filling the holes delivers everything: no blocks, one ACK.
+    for k in [0, 2, 4, 6, 8, 10, 12] {
+        p.send_raw(ACK, s + 100 * k, p.ack, 65535, &[1; 100]);
+    }
+    assert_eq!(sack_of_acks(&mut p), vec![Vec::<(u32, u32)>::new()]);
+}
+
+#[test]
+fn a_duplicate_of_held_data_draws_one_d_sack_block() {
+    let (mut p, s) = sack_peer();
+    p.send_raw(ACK, s + 100, p.ack, 65535, &[1; 100]);
+    p.send_raw(ACK, s + 200, p.ack, 65535, &[1; 100]);
+    p.send_raw(ACK, s + 400, p.ack, 65535, &[1; 100]);
+    sack_of_acks(&mut p);
+    // RFC 2883: the duplicate first, then the (larger) block holding it,
+    // then the others.
+    p.send_raw(ACK, s + 200, p.ack, 65535, &[1; 100]);
+    assert_eq!(
+        sack_of_acks(&mut p),
+        vec![vec![
+            (s + 200, s + 300),
+            (s + 100, s + 300),
+            (s + 400, s + 500)
+        ]]
+    );
+    // Reported once: the next ACK has no D-SACK block.
+    p.send_raw(ACK, s + 600, p.ack, 65535, &[1; 100]);
+    assert_eq!(
+        sack_of_acks(&mut p),
+        vec![vec![
+            (s + 600, s + 700),
+            (s + 100, s + 300),
+            (s + 400, s + 500)
+        ]]
+    );
+    // A part of a held segment is a duplicate too.
+    p.send_raw(ACK, s + 150, p.ack, 65535, &[1; 50]);
+    assert_eq!(
+        sack_of_acks(&mut p)[0][..2],
+        [(s + 150, s + 200), (s + 100, s + 300)]
+    );
+}
+
+#[test]
+fn an_ack_answering_a_batch_beyond_a_hole_goes_twice() {
+    let (mut p, s) = sack_peer();
+    // Six segments in order, read in one batch: one ACK (no hole).
+    for i in 0..6 {
+        p.send_raw(ACK, s + 100 * i, p.ack, 65535, &[1; 100]);
+    }
+    assert_eq!(sack_of_acks(&mut p).len(), 1);
+    let s = s + 600;
+    // A hole, then two segments: one ACK.
+    p.send_raw(ACK, s + 100, p.ack, 65535, &[1; 100]);
+    p.send_raw(ACK, s + 200, p.ack, 65535, &[1; 100]);
+    assert_eq!(sack_of_acks(&mut p), vec![vec![(s + 100, s + 300)]]);
+    // Four more beyond the hole in one batch: the ACK goes twice.
+    for i in 3..7 {
+        p.send_raw(ACK, s + 100 * i, p.ack, 65535, &[1; 100]);
+    }
+    let acks = sack_of_acks(&mut p);
+    assert_eq!(acks, vec![vec![(s + 100, s + 700)]; 2]);
+    let o = p.outputs();
+    assert!(o.is_empty(), "{o:?}");
+}
+
+#[test]
+fn a_default_window_of_segments_beyond_a_hole_is_held() {
+    // The default window (1 MiB) holds 700 full-sized segments beyond a
+    // lost one: all are kept and SACKed, so a sender whose retransmission
+    // of the hole is lost still has room to send new data whose delivery
+    // exposes that loss (RFC 8985), instead of waiting for its RTO.
+    let (mut p, s) = sack_peer();
+    let seg = 1460u32;
+    // Two segments in order: their ACK advertises the scaled window.
+    p.send_raw(ACK, s, p.ack, 65535, &[1; 1460]);
+    p.send_raw(ACK, s + seg, p.ack, 65535, &[1; 1460]);
+    assert_eq!(p.outputs().last().unwrap().ack, s + 2 * seg);
+    let s = s + 2 * seg;
+    for i in 1..=700 {
+        p.send_raw(ACK, s + i * seg, p.ack, 65535, &[1; 1460]);
+    }
+    let acks = sack_of_acks(&mut p);
+    assert_eq!(acks.last().unwrap()[0], (s + seg, s + 701 * seg));
+    // The hole filled: everything is delivered at once.
+    p.send_raw(ACK, s, p.ack, 65535, &[1; 1460]);
+    let o = p.outputs();
+    assert_eq!(o.last().unwrap().ack, s + 701 * seg);
 }
 
 #[test]
