@@ -27,7 +27,7 @@
 //! max_retries = 15
 //! syn_retries = 6
 //! delayed_ack_ms = 40
-//! recv_buffer = 262144
+//! recv_buffer = 1048576
 //! send_buffer = 1048576
 //! max_connections = 100000
 //! window_scaling = true
@@ -404,7 +404,7 @@ port = 5001
 [tcp]
 msl_ms = 1000
 min_rto_ms = 10
-recv_buffer = 1048576
+recv_buffer = 524288
 congestion = "newreno"
 "#,
         )
@@ -418,7 +418,7 @@ congestion = "newreno"
         );
         assert_eq!(c.tcp.msl, Duration::from_secs(1));
         assert_eq!(c.tcp.min_rto, Duration::from_millis(10));
-        assert_eq!(c.tcp.recv_buffer, 1 << 20);
+        assert_eq!(c.tcp.recv_buffer, 512 << 10, "not the 1 MiB default");
         assert_eq!(c.grace, Some(Duration::from_millis(100)));
         assert_eq!(c.busy_poll, Some(true));
         assert!(check("").is_ok(), "an empty file is valid");
