@@ -155,6 +155,11 @@ pub struct BenchArgs {
     /// e.g. `--endpoint-arg=--busy-poll`; recorded in the JSON.
     #[arg(long = "endpoint-arg", value_name = "ARG", allow_hyphen_values = true)]
     endpoint_args: Vec<String>,
+    /// Run this tcp-user binary as the endpoint instead of the one built
+    /// from the tree (to compare builds under the same conditions);
+    /// recorded in the JSON.
+    #[arg(long, value_name = "PATH")]
+    endpoint_bin: Option<PathBuf>,
 }
 
 /// Which way the bulk data goes, seen from the client.
@@ -536,7 +541,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .unwrap_or_else(|| root().join("target/bench/results.json"));
     let chart_path = json_path.with_file_name("chart.svg");
     let ctx = Ctx {
-        tcp_user: build(true)?,
+        tcp_user: match &args.endpoint_bin {
+            Some(p) => {
+                if !p.is_file() {
+                    bail!("--endpoint-bin {}: no such file", p.display());
+                }
+                std::fs::canonicalize(p)?
+            }
+            None => build(true)?,
+        },
         endpoint_args: args.endpoint_args.clone(),
         xtask: crate::release_xtask()?,
         out_dir: root().join("target/bench"),
@@ -601,6 +614,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let mut topology = topology_json(!args.no_port_qdisc);
     topology["bridge_netfilter"] = bridge_nf;
     topology["endpoint_extra_args"] = json!(args.endpoint_args);
+    topology["endpoint_bin"] = json!(ctx.tcp_user.display().to_string());
     let doc = report::to_json(args.runs, &topology, &report);
     if let Some(dir) = json_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -2439,6 +2453,7 @@ pub(crate) mod tests_support {
             no_port_qdisc: false,
             bridge_netfilter: false,
             endpoint_args: Vec::new(),
+            endpoint_bin: None,
         }
     }
 }
