@@ -683,8 +683,8 @@ fn counters_note(c: &BTreeMap<String, u64>) -> String {
     );
     for k in [
         "drop_table_full",
-        "afxdp.rx_ring_full",
-        "afxdp.rx_dropped",
+        "afxdp.kernel.rx_ring_full",
+        "afxdp.kernel.rx_dropped",
         "veth.to_server_dropped",
         "veth.to_client_dropped",
         "qdisc.to_server_requeues",
@@ -1451,14 +1451,26 @@ fn endpoint_counters(tcp_user: &Path, control: &Path) -> Result<BTreeMap<String,
             }
         }
     }
-    for sock in v["afxdp"].as_array().into_iter().flatten() {
+    sum_afxdp(&v["afxdp"], &mut c);
+    Ok(c)
+}
+
+/// The AF_XDP sockets' counters summed over the sockets: the kernel's
+/// statistics and the engine's own counters (TX kicks, RX wakeups, ...),
+/// one level down, as `afxdp.kernel.rx_dropped`, `afxdp.engine.tx_kicks`.
+/// The queue and NAPI ids are not counters.
+fn sum_afxdp(afxdp: &Value, c: &mut BTreeMap<String, u64>) {
+    for sock in afxdp.as_array().into_iter().flatten() {
         for (k, v) in sock.as_object().into_iter().flatten() {
-            if let Some(v) = v.as_u64() {
-                *c.entry(format!("afxdp.{k}")).or_default() += v;
+            if let Some(inner) = v.as_object() {
+                for (k2, v2) in inner {
+                    if let Some(v2) = v2.as_u64() {
+                        *c.entry(format!("afxdp.{k}.{k2}")).or_default() += v2;
+                    }
+                }
             }
         }
     }
-    Ok(c)
 }
 
 /// The server namespace's TCP MIB (`/proc/net/snmp` and `netstat`, which
@@ -2285,6 +2297,21 @@ mod tests {
             &parse_mib("Tcp: InSegs OutSegs\nTcp: 310 120\n"),
         );
         assert_eq!((c["segments_in"], c["segments_out"]), (300, 100));
+    }
+
+    #[test]
+    fn afxdp_counters_are_summed_over_sockets_one_level_down() {
+        let v = json!([
+            {"queue": 0, "napi_id": 9, "kernel": {"rx_dropped": 2}, "engine": {"tx_kicks": 5, "rx_wakeups": 1}},
+            {"queue": 1, "napi_id": 9, "kernel": {"rx_dropped": 3}, "engine": {"tx_kicks": 7, "rx_wakeups": 0}},
+        ]);
+        let mut c = BTreeMap::new();
+        sum_afxdp(&v, &mut c);
+        assert_eq!(c["afxdp.kernel.rx_dropped"], 5);
+        assert_eq!(c["afxdp.engine.tx_kicks"], 12);
+        assert_eq!(c["afxdp.engine.rx_wakeups"], 1);
+        assert!(!c.contains_key("afxdp.queue"));
+        assert_eq!(c.len(), 3);
     }
 
     #[test]
