@@ -814,20 +814,21 @@ impl Stack {
         Self::schedule(&mut self.timers, c);
     }
 
-    /// Moves the connection's heap entry to its next deadline (`scheduled`
-    /// mirrors the entry, so an unchanged deadline costs one comparison).
+    /// Keeps the connection's one heap entry no later than its next
+    /// deadline (`scheduled` mirrors the entry). An earlier deadline moves
+    /// the entry up; a later one, or none, leaves it where it is: it comes
+    /// up early, finds nothing due and is re-armed then (the common case is
+    /// the RTO pushed back by every ACK, which so costs no heap operation).
+    /// A closed connection's entry is taken out in `remove`.
     fn schedule(timers: &mut TimerHeap, c: &mut Conn) {
-        let d = c.next_deadline();
-        if d == c.scheduled {
+        let Some(d) = c.next_deadline() else {
+            return;
+        };
+        if c.scheduled.is_some_and(|s| s <= d) {
             return;
         }
-        match d {
-            Some(d) => timers.set(c.id, d),
-            None => {
-                timers.remove(c.id);
-            }
-        }
-        c.scheduled = d;
+        timers.set(c.id, d);
+        c.scheduled = Some(d);
     }
 
     fn remove(&mut self, id: ConnId, error: Option<Error>) {
