@@ -145,6 +145,21 @@ pub struct BenchArgs {
     /// are dropped instead of held back (for comparison runs).
     #[arg(long)]
     no_port_qdisc: bool,
+    /// Keep br_netfilter's calls into iptables/ip6tables/arptables on for
+    /// the bench bridge (its namespace's default when br_netfilter is
+    /// loaded; off by default since they cost both servers alike on every
+    /// frame and the bench installs no such rules).
+    #[arg(long)]
+    bridge_netfilter: bool,
+    /// An extra argument for the endpoint's `tcp-user run` (repeatable),
+    /// e.g. `--endpoint-arg=--busy-poll`; recorded in the JSON.
+    #[arg(long = "endpoint-arg", value_name = "ARG", allow_hyphen_values = true)]
+    endpoint_args: Vec<String>,
+    /// Run this tcp-user binary as the endpoint instead of the one built
+    /// from the tree (to compare builds under the same conditions);
+    /// recorded in the JSON.
+    #[arg(long, value_name = "PATH")]
+    endpoint_bin: Option<PathBuf>,
 }
 
 /// Which way the bulk data goes, seen from the client.
@@ -471,6 +486,8 @@ impl Server {
 /// What every run needs.
 struct Ctx {
     tcp_user: PathBuf,
+    /// `--endpoint-arg`s, appended to `tcp-user run`.
+    endpoint_args: Vec<String>,
     xtask: PathBuf,
     out_dir: PathBuf,
 }
@@ -524,7 +541,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .unwrap_or_else(|| root().join("target/bench/results.json"));
     let chart_path = json_path.with_file_name("chart.svg");
     let ctx = Ctx {
-        tcp_user: build(true)?,
+        tcp_user: match &args.endpoint_bin {
+            Some(p) => {
+                if !p.is_file() {
+                    bail!("--endpoint-bin {}: no such file", p.display());
+                }
+                std::fs::canonicalize(p)?
+            }
+            None => build(true)?,
+        },
+        endpoint_args: args.endpoint_args.clone(),
         xtask: crate::release_xtask()?,
         out_dir: root().join("target/bench"),
     };
@@ -532,7 +558,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .with_context(|| format!("creating {}", ctx.out_dir.display()))?;
     crate::install_signal_forwarding();
 
-    let _topo = BenchTopology::create_with(!args.no_port_qdisc)?;
+    let _topo = BenchTopology::create_with(!args.no_port_qdisc, !args.bridge_netfilter)?;
+    let bridge_nf = bridge_netfilter_state();
+    if !args.endpoint_args.is_empty() {
+        say(format!(
+            "endpoint: tcp-user run ... {}",
+            args.endpoint_args.join(" ")
+        ));
+    }
     let mut report: Report = Vec::new();
     let mut failures = 0;
     for w in &selected {
@@ -578,7 +611,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
 
     report::print_table(&report);
-    let doc = report::to_json(args.runs, &topology_json(!args.no_port_qdisc), &report);
+    let mut topology = topology_json(!args.no_port_qdisc);
+    topology["bridge_netfilter"] = bridge_nf;
+    topology["endpoint_extra_args"] = json!(args.endpoint_args);
+    topology["endpoint_bin"] = json!(ctx.tcp_user.display().to_string());
+    let doc = report::to_json(args.runs, &topology, &report);
     if let Some(dir) = json_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -687,7 +724,8 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
                 .args(["--service", &format!("iperf3:{PORT_IPERF3}")])
                 // Connections are over when the client is done: no grace.
                 .args(["--grace-ms", "200", "--control-socket"])
-                .arg(&control);
+                .arg(&control)
+                .args(&ctx.endpoint_args);
             ServerProc::start(c, &ctx.out_dir.join("endpoint.log"), "tcp-user", "READY")?
         }
         Server::Kernel => match w.kind {
@@ -1420,10 +1458,16 @@ fn flatten_endpoint_stat(v: &Value) -> Result<BTreeMap<String, u64>> {
             }
         }
     }
-    // Each socket's kernel statistics (XDP_STATISTICS: rx_dropped,
-    // rx_fill_ring_empty_descs, ...) and engine counters are objects of
-    // their own inside the socket's entry.
-    for sock in v["afxdp"].as_array().into_iter().flatten() {
+    sum_afxdp(&v["afxdp"], &mut c);
+    Ok(c)
+}
+
+/// The AF_XDP sockets' counters summed over the sockets: the kernel's
+/// statistics and the engine's own counters (TX kicks, RX wakeups, ...),
+/// one level down, as `afxdp.kernel.rx_dropped`, `afxdp.engine.tx_kicks`.
+/// The queue and NAPI ids are not counters.
+fn sum_afxdp(afxdp: &Value, c: &mut BTreeMap<String, u64>) {
+    for sock in afxdp.as_array().into_iter().flatten() {
         for (k, v) in sock.as_object().into_iter().flatten() {
             if let Some(inner) = v.as_object() {
                 for (k2, v2) in inner {
@@ -1431,12 +1475,9 @@ fn flatten_endpoint_stat(v: &Value) -> Result<BTreeMap<String, u64>> {
                         *c.entry(format!("afxdp.{k}.{k2}")).or_default() += v2;
                     }
                 }
-            } else if let Some(v) = v.as_u64() {
-                *c.entry(format!("afxdp.{k}")).or_default() += v;
             }
         }
     }
-    Ok(c)
 }
 
 /// The server namespace's TCP MIB (`/proc/net/snmp` and `netstat`, which
@@ -1688,15 +1729,53 @@ impl Drop for ServerProc {
 /// through the signal flag, on Ctrl-C).
 pub(crate) struct BenchTopology;
 
+/// br_netfilter's switches, per network namespace.
+const BRIDGE_NF_SYSCTLS: [&str; 3] = [
+    "net.bridge.bridge-nf-call-iptables",
+    "net.bridge.bridge-nf-call-ip6tables",
+    "net.bridge.bridge-nf-call-arptables",
+];
+
+/// Whether br_netfilter is there (its sysctls exist only then).
+fn bridge_netfilter_loaded() -> bool {
+    Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists()
+}
+
+/// br_netfilter's switches as the bridge's namespace has them, for the
+/// JSON: `{"br_netfilter": false}` without the module.
+fn bridge_netfilter_state() -> Value {
+    if !bridge_netfilter_loaded() {
+        return json!({ "br_netfilter": false });
+    }
+    let mut o = json!({ "br_netfilter": true, "namespace": NS_MID });
+    for k in BRIDGE_NF_SYSCTLS {
+        let v = Command::new("ip")
+            .args(["netns", "exec", NS_MID, "sysctl", "-n", k])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            });
+        o[k] = json!(v);
+    }
+    o
+}
+
 impl BenchTopology {
     pub(crate) fn create() -> Result<BenchTopology> {
-        BenchTopology::create_with(true)
+        BenchTopology::create_with(true, true)
     }
 
     /// `port_qdisc` false leaves the bridge port into the server veth
     /// without a qdisc (noqueue, the veth default): frames that find the
     /// server veth's ring full are dropped (for comparison runs).
-    pub(crate) fn create_with(port_qdisc: bool) -> Result<BenchTopology> {
+    /// `bridge_nf_off` turns br_netfilter's calls into the IP tables off
+    /// in the bridge's namespace (BRIDGE_NF_SYSCTLS), if it is loaded.
+    pub(crate) fn create_with(port_qdisc: bool, bridge_nf_off: bool) -> Result<BenchTopology> {
         BenchTopology::remove();
         say(format!(
             "creating the bench topology: netns {NS_SRV} ({SRV_ADDR}, CPU {SRV_CPU}) <-bridge-> {NS_CLI} ({CLI_ADDR}, CPU {CLI_CPU})"
@@ -1736,6 +1815,20 @@ impl BenchTopology {
             ip(&["-n", NS_MID, "link", "set", port, "up"])?;
         }
         ip(&["-n", NS_MID, "link", "set", "br0", "up"])?;
+        // br_netfilter (when loaded, e.g. by a container runtime) makes
+        // the bridge run every frame through the IP-family netfilter hooks
+        // of its namespace: ~9 % of CPU 1 in a profile of rr-1conn, with no
+        // rule there to match. The sysctls are per namespace (Linux >=
+        // 5.3); the loss rules are in the bridge family, which does not
+        // depend on them.
+        if bridge_nf_off && bridge_netfilter_loaded() {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", NS_MID, "sysctl", "-q", "-w"]);
+            for k in BRIDGE_NF_SYSCTLS {
+                c.arg(format!("{k}=0"));
+            }
+            status(&mut c)?;
+        }
         // Backpressure instead of drops into the server veth's ring
         // (PORT_SRV_QDISC).
         if port_qdisc {
@@ -2157,7 +2250,10 @@ mod tests {
         assert!(!c.contains_key("note"));
         assert_eq!(c["xdp.redirected"], 12);
         assert_eq!(c["driver.turns"], 3);
-        assert_eq!(c["afxdp.queue"], 1);
+        assert!(
+            !c.contains_key("afxdp.queue"),
+            "a queue number is not a counter"
+        );
         assert_eq!(c["afxdp.kernel.rx_dropped"], 5);
         assert_eq!(c["afxdp.kernel.rx_fill_ring_empty_descs"], 2);
         assert_eq!(c["afxdp.engine.busy_polls"], 1);
@@ -2237,6 +2333,45 @@ mod tests {
             &parse_mib("Tcp: InSegs OutSegs\nTcp: 310 120\n"),
         );
         assert_eq!((c["segments_in"], c["segments_out"]), (300, 100));
+    }
+
+    #[test]
+    fn afxdp_counters_are_summed_over_sockets_one_level_down() {
+        let v = json!([
+            {"queue": 0, "napi_id": 9, "kernel": {"rx_dropped": 2}, "engine": {"tx_kicks": 5, "rx_wakeups": 1}},
+            {"queue": 1, "napi_id": 9, "kernel": {"rx_dropped": 3}, "engine": {"tx_kicks": 7, "rx_wakeups": 0}},
+        ]);
+        let mut c = BTreeMap::new();
+        sum_afxdp(&v, &mut c);
+        assert_eq!(c["afxdp.kernel.rx_dropped"], 5);
+        assert_eq!(c["afxdp.engine.tx_kicks"], 12);
+        assert_eq!(c["afxdp.engine.rx_wakeups"], 1);
+        assert!(!c.contains_key("afxdp.queue"));
+        assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn endpoint_args_pass_through_with_their_dashes() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "bench",
+            "--only",
+            "rr-",
+            "--endpoint-arg=--busy-poll",
+            "--endpoint-arg",
+            "--rx-batch=32",
+        ])
+        .unwrap();
+        assert_eq!(cli.bench.endpoint_args, ["--busy-poll", "--rx-batch=32"]);
+        assert_eq!(cli.bench.only.as_deref(), Some("rr-"));
+        assert!(!cli.bench.bridge_netfilter);
+        let cli = Cli::try_parse_from(["bench"]).unwrap();
+        assert!(cli.bench.endpoint_args.is_empty());
     }
 
     #[test]
@@ -2379,6 +2514,9 @@ pub(crate) mod tests_support {
             secs: None,
             list: false,
             no_port_qdisc: false,
+            bridge_netfilter: false,
+            endpoint_args: Vec::new(),
+            endpoint_bin: None,
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The connection table and segment arrival processing (RFC 9293 §3.10).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hasher;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -14,7 +13,7 @@ use super::conn::{
     Timestamps, PAWS_IDLE,
 };
 use super::seq::SeqNum;
-use super::table::ConnTable;
+use super::table::{ConnTable, TimerHeap};
 use super::{Config, ConnId, ConnInfo, Error, Event, FourTuple, Instant, State, Transmit};
 use crate::wire::{ChecksumVerified, TcpOptions, TcpRepr, WireError};
 
@@ -111,9 +110,9 @@ pub struct Stack {
     listeners: HashSet<SocketAddrV4>,
     events: VecDeque<Event>,
     counters: Counters,
-    /// (deadline, connection): at most one live entry per connection, plus
-    /// stale ones that are skipped when they come up.
-    timers: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// (deadline, connection): one entry per connection with a timer
+    /// armed, moved in place when re-armed, taken out when it closes.
+    timers: TimerHeap,
     /// Connections that may have something to send.
     tx_queue: VecDeque<ConnId>,
     resets: VecDeque<PendingRst>,
@@ -131,7 +130,7 @@ impl Stack {
             listeners: HashSet::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
-            timers: BinaryHeap::new(),
+            timers: TimerHeap::default(),
             tx_queue: VecDeque::new(),
             resets: VecDeque::new(),
             challenge_window: (Instant::ZERO, 0),
@@ -815,23 +814,28 @@ impl Stack {
         Self::schedule(&mut self.timers, c);
     }
 
-    fn schedule(timers: &mut BinaryHeap<Reverse<(Instant, ConnId)>>, c: &mut Conn) {
+    /// Keeps the connection's one heap entry no later than its next
+    /// deadline (`scheduled` mirrors the entry). An earlier deadline moves
+    /// the entry up; a later one, or none, leaves it where it is: it comes
+    /// up early, finds nothing due and is re-armed then (the common case is
+    /// the RTO pushed back by every ACK, which so costs no heap operation).
+    /// A closed connection's entry is taken out in `remove`.
+    fn schedule(timers: &mut TimerHeap, c: &mut Conn) {
         let Some(d) = c.next_deadline() else {
             return;
         };
-        // An earlier entry already in the heap will fire first and
-        // re-schedule; only an earlier deadline needs a new entry.
         if c.scheduled.is_some_and(|s| s <= d) {
             return;
         }
+        timers.set(c.id, d);
         c.scheduled = Some(d);
-        timers.push(Reverse((d, c.id)));
     }
 
     fn remove(&mut self, id: ConnId, error: Option<Error>) {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
+        self.timers.remove(id);
         self.by_tuple.remove(&c.tuple);
         self.counters.conns_closed += 1;
         if c.known_to_app {
@@ -910,22 +914,21 @@ impl Stack {
 
     /// The earliest timer of any connection.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        self.timers.peek().map(|(t, _)| t)
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((t, id))) = self.timers.peek() {
+        while let Some((t, id)) = self.timers.peek() {
             if t > now {
                 break;
             }
             self.timers.pop();
             let Some(c) = self.conns.get_mut(&id) else {
+                debug_assert!(false, "timer of a closed connection");
                 continue;
             };
-            if c.scheduled == Some(t) {
-                c.scheduled = None;
-            }
+            c.scheduled = None;
             if c.close_at().is_some_and(|d| d <= now) {
                 // TIME-WAIT over, or an orphaned FIN-WAIT-2 given up.
                 self.remove(id, None);
@@ -1166,5 +1169,112 @@ impl Stack {
         let mut v = self.counters.pairs();
         v.push(("connections", self.conns.len() as u64));
         v
+    }
+}
+
+#[cfg(test)]
+mod timer_tests {
+    use super::*;
+
+    const A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const B: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+    /// Everything `from` has to send, handed to `to`.
+    fn carry(now: Instant, from: &mut Stack, to: &mut Stack, src: Ipv4Addr, dst: Ipv4Addr) {
+        let mut buf = [0u8; 1500];
+        while let Some(t) = from.poll_transmit(now, &mut buf) {
+            to.handle_segment(now, src, dst, &buf[..t.len]);
+        }
+    }
+
+    /// The timer heap holds at most one entry per open connection: none is
+    /// left behind by a closed one, however its timers were armed.
+    fn heap_bounded(s: &Stack) {
+        assert!(
+            s.timers.len() <= s.conns.len(),
+            "{} timer entries for {} connections",
+            s.timers.len(),
+            s.conns.len()
+        );
+    }
+
+    #[test]
+    fn closed_connections_leave_no_timer_entries() {
+        let cfg = Config {
+            min_rto: Duration::from_millis(20),
+            msl: Duration::from_millis(100),
+            ..Config::default()
+        };
+        let mut a = Stack::new(Config {
+            isn_secret: [1; 16],
+            ..cfg.clone()
+        });
+        let mut b = Stack::new(cfg);
+        b.listen(SocketAddrV4::new(B, 9)).unwrap();
+        let mut now = Instant::from_micros(1_000_000);
+        let mut buf = [0u8; 256];
+        for i in 0..300u16 {
+            let ca = a
+                .connect(
+                    now,
+                    SocketAddrV4::new(A, 20000 + i),
+                    SocketAddrV4::new(B, 9),
+                )
+                .unwrap();
+            let mut cb = None;
+            for step in 0..40 {
+                now = Instant::from_micros(now.as_micros() + 50);
+                for s in [&mut a, &mut b] {
+                    if s.poll_timeout().is_some_and(|t| t <= now) {
+                        s.handle_timeout(now);
+                    }
+                }
+                carry(now, &mut a, &mut b, A, B);
+                carry(now, &mut b, &mut a, B, A);
+                while let Some(ev) = b.poll_event() {
+                    match ev {
+                        Event::Accepted { conn, .. } => cb = Some(conn),
+                        Event::Readable(c) => {
+                            while matches!(b.recv(now, c, &mut buf), Ok(n) if n > 0) {}
+                        }
+                        _ => {}
+                    }
+                }
+                while let Some(ev) = a.poll_event() {
+                    if let Event::Readable(c) = ev {
+                        while matches!(a.recv(now, c, &mut buf), Ok(n) if n > 0) {}
+                    }
+                }
+                match step {
+                    2 => {
+                        a.send(now, ca, &[7; 64]).unwrap();
+                    }
+                    5 => {
+                        // The server answers and closes first (it holds
+                        // TIME-WAIT), the client closes after.
+                        let cb = cb.expect("accepted");
+                        b.send(now, cb, &[7; 64]).unwrap();
+                        b.close(now, cb).unwrap();
+                    }
+                    8 => a.close(now, ca).unwrap(),
+                    _ => {}
+                }
+                heap_bounded(&a);
+                heap_bounded(&b);
+            }
+        }
+        // Past every TIME-WAIT: nothing open, nothing in either heap.
+        for _ in 0..200 {
+            now = Instant::from_micros(now.as_micros() + 10_000);
+            for s in [&mut a, &mut b] {
+                if s.poll_timeout().is_some_and(|t| t <= now) {
+                    s.handle_timeout(now);
+                }
+                heap_bounded(s);
+            }
+        }
+        assert_eq!(a.conns.len() + b.conns.len(), 0, "all closed");
+        assert_eq!(a.timers.len() + b.timers.len(), 0);
+        assert_eq!(a.poll_timeout(), None);
     }
 }
