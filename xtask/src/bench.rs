@@ -655,6 +655,7 @@ fn topology_json(port_qdisc: bool) -> Value {
         "server": format!("{NS_SRV} {IF_SRV} {SRV_ADDR} cpu {SRV_CPU} (+ threaded NAPI kthread)"),
         "client": format!("{NS_CLI} {IF_CLI} {CLI_ADDR} cpu {CLI_CPU}"),
         "idle_sources": format!("{} ports {IDLE_PORTS}", IDLE_SRC.map(|a| a.to_string()).join(",")),
+        "crr_sources": std::iter::once(CLI_ADDR).chain(IDLE_SRC).map(|a| a.to_string()).collect::<Vec<_>>().join(","),
         "min_rto_ms": MIN_RTO_MS,
         "client_sysctls": "net.ipv4.tcp_tw_reuse=1, net.ipv4.ip_local_port_range=1024 65535",
         "server_port_qdisc": qdisc,
@@ -811,11 +812,18 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
             rr_result(out, server_cpu_ms, load1, "tps", "cpu_us_per_txn")?
         }
         Kind::Crr { workers } => {
-            let out = run_load(
-                &ctx.xtask,
-                &["--mode", "crr", "--conns", &workers.to_string()],
-                w,
-            )?;
+            let workers = workers.to_string();
+            let mut args = vec!["--mode", "crr", "--conns", &workers];
+            // The client's own address and the secondary ones: each has
+            // its own ephemeral ports for the client's TIME-WAITs.
+            let sources: Vec<String> = std::iter::once(CLI_ADDR)
+                .chain(IDLE_SRC)
+                .map(|a| a.to_string())
+                .collect();
+            for a in &sources {
+                args.extend(["--src", a.as_str()]);
+            }
+            let out = run_load(&ctx.xtask, &args, w)?;
             let server_cpu_ms = cpu_ms_since(server_pid, cpu_before)?;
             let mut r = rr_result(out, server_cpu_ms, load1, "cps", "cpu_us_per_conn")?;
             let cps = r.metrics["cps"];

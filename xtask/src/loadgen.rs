@@ -69,7 +69,9 @@ pub struct LoadArgs {
     /// Seconds of measured load (rr, crr; idle: of the rr phase).
     #[arg(long, default_value_t = 5.0)]
     pub secs: f64,
-    /// idle: source addresses, used one after the other (repeatable).
+    /// idle: source addresses, used one after the other; crr: source
+    /// addresses taken in turn, each with its own ephemeral ports, so the
+    /// client's TIME-WAITs do not cap the rate (repeatable).
     #[arg(long)]
     pub src: Vec<Ipv4Addr>,
     /// idle: source ports per address, FIRST-LAST.
@@ -109,7 +111,7 @@ pub fn load(args: LoadArgs) -> Result<()> {
             let conns = open_all(target, args.conns, None, 256)?;
             rr(conns, args.size, secs)?
         }
-        LoadMode::Crr => crr(target, args.conns, args.size, secs)?,
+        LoadMode::Crr => crr(target, &args.src, args.conns, args.size, secs)?,
         LoadMode::Idle => {
             if args.src.is_empty() {
                 bail!("idle needs at least one --src address");
@@ -338,6 +340,14 @@ fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, v: libc::c_i
 
 /// A nonblocking connect to `to` (from `from` when given); in progress.
 fn start_connect(to: SocketAddrV4, from: Option<SocketAddrV4>) -> Result<TcpStream> {
+    start_connect_with(to, from, false)
+}
+
+fn start_connect_with(
+    to: SocketAddrV4,
+    from: Option<SocketAddrV4>,
+    port_at_connect: bool,
+) -> Result<TcpStream> {
     // Safety: plain syscall; the fd is owned right after.
     let fd = unsafe {
         libc::socket(
@@ -354,6 +364,9 @@ fn start_connect(to: SocketAddrV4, from: Option<SocketAddrV4>) -> Result<TcpStre
     s.set_nodelay(true)?;
     if let Some(from) = from {
         setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        if port_at_connect {
+            setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+        }
         let sa = sockaddr(from);
         // Safety: sa is a valid sockaddr_in of the given size.
         let r = unsafe {
@@ -383,6 +396,13 @@ fn start_connect(to: SocketAddrV4, from: Option<SocketAddrV4>) -> Result<TcpStre
         }
     }
     Ok(s)
+}
+
+/// A nonblocking connect from `from` with the port left to the kernel,
+/// chosen at connect time for the 4-tuple (IP_BIND_ADDRESS_NO_PORT), so
+/// TIME-WAIT reuse works per destination as for an unbound socket.
+fn start_connect_from_address(to: SocketAddrV4, from: Ipv4Addr) -> Result<TcpStream> {
+    start_connect_with(to, Some(SocketAddrV4::new(from, 0)), true)
 }
 
 /// The result of a nonblocking connect once the socket is writable.
@@ -658,7 +678,13 @@ fn rr(conns: Vec<TcpStream>, size: usize, secs: Duration) -> Result<Value> {
 }
 
 /// Connect, request, response, close, by `workers` concurrent workers.
-fn crr(to: SocketAddrV4, workers: usize, size: usize, secs: Duration) -> Result<Value> {
+fn crr(
+    to: SocketAddrV4,
+    sources: &[Ipv4Addr],
+    workers: usize,
+    size: usize,
+    secs: Duration,
+) -> Result<Value> {
     let mut ep = Epoll::new()?;
     struct Worker {
         s: Option<TcpStream>,
@@ -676,8 +702,19 @@ fn crr(to: SocketAddrV4, workers: usize, size: usize, secs: Duration) -> Result<
             started: start,
         })
         .collect();
+    // The client closes first and keeps the TIME-WAIT: with one source
+    // address, 64,512 ports reused after tcp_tw_reuse's ~1–2 s cap the
+    // rate near 32,000 connections/s whatever the server. Each source
+    // address has ports of its own (picked at connect time).
+    let next_source = std::cell::Cell::new(0usize);
     let connect = |ep: &Epoll, w: &mut Worker, token: usize| -> Result<()> {
-        let s = start_connect(to, None)?;
+        let s = if sources.is_empty() {
+            start_connect(to, None)?
+        } else {
+            let i = next_source.get();
+            next_source.set((i + 1) % sources.len());
+            start_connect_from_address(to, sources[i])?
+        };
         ep.add(s.as_raw_fd(), OUT, token as u64)?;
         w.s = Some(s);
         w.connected = false;
@@ -998,7 +1035,25 @@ mod tests {
         let r = rr(conns, 1000, Duration::from_millis(200)).unwrap();
         assert!(r["transactions"].as_u64().unwrap() > 0, "{r}");
         assert!(r["latency"]["p50_us"].as_f64().unwrap() > 0.0, "{r}");
-        let r = crr(to, 2, 64, Duration::from_millis(200)).unwrap();
+        let r = crr(to, &[], 2, 64, Duration::from_millis(200)).unwrap();
         assert!(r["transactions"].as_u64().unwrap() > 0, "{r}");
+        let two = [Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 0, 0, 2)];
+        let r = crr(to, &two, 2, 64, Duration::from_millis(200)).unwrap();
+        assert!(r["transactions"].as_u64().unwrap() > 0, "{r}");
+    }
+
+    #[test]
+    fn connect_from_an_address_leaves_the_port_to_connect() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let from = Ipv4Addr::new(127, 0, 0, 2);
+        let s = start_connect_from_address(to, from).unwrap();
+        let (_peer_side, peer) = listener.accept().unwrap();
+        assert_eq!(peer.ip(), std::net::IpAddr::V4(from));
+        assert_ne!(peer.port(), 0);
+        let local = s.local_addr().unwrap();
+        assert_eq!(local.ip(), std::net::IpAddr::V4(from));
+        assert_eq!(local.port(), peer.port());
     }
 }
