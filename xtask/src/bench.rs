@@ -655,6 +655,7 @@ fn topology_json(port_qdisc: bool) -> Value {
         "server": format!("{NS_SRV} {IF_SRV} {SRV_ADDR} cpu {SRV_CPU} (+ threaded NAPI kthread)"),
         "client": format!("{NS_CLI} {IF_CLI} {CLI_ADDR} cpu {CLI_CPU}"),
         "idle_sources": format!("{} ports {IDLE_PORTS}", IDLE_SRC.map(|a| a.to_string()).join(",")),
+        "server_rx": format!("{IF_SRV}'s threaded NAPI kthread on cpu {SRV_CPU} for both servers (GRO on; the bridge ports' tx offload follows the sending side's, so a forwarded frame reaches that NAPI); the client's TCP receive runs in the transmitting CPU's softirq"),
         "crr_sources": std::iter::once(CLI_ADDR).chain(IDLE_SRC).map(|a| a.to_string()).collect::<Vec<_>>().join(","),
         "min_rto_ms": MIN_RTO_MS,
         "client_sysctls": "net.ipv4.tcp_tw_reuse=1, net.ipv4.ip_local_port_range=1024 65535",
@@ -1415,8 +1416,23 @@ fn isolate_kernel_server_memory(
 
 /// Sets tx checksum offload (and with it TSO) on the client's and the
 /// server's veth: every run sets both, so no run inherits another's.
+///
+/// The bridge port that forwards a side's frames follows that side's
+/// setting. A veth hands a frame to its peer's NAPI (and so to the
+/// threaded NAPI kthread pinned next to the receiver) only when the
+/// sending device has no TSO or XDP is attached (veth_xmit); with TSO on
+/// the bridge port, the kernel server's receive path ran in the client
+/// CPU's backlog softirq, outside the server CPU the bench measures, and
+/// the endpoint's (XDP) did not. With the sender's offload off nothing
+/// crossing the bridge needs it; with it on (the iperf3 `-offload`
+/// workloads) GSO packets pass through as before.
 fn set_tx_offload(client: bool, server: bool) -> Result<()> {
-    for (ns, dev, on) in [(NS_CLI, IF_CLI, client), (NS_SRV, IF_SRV, server)] {
+    for (ns, dev, on) in [
+        (NS_CLI, IF_CLI, client),
+        (NS_SRV, IF_SRV, server),
+        (NS_MID, PORT_SRV, client),
+        (NS_MID, PORT_CLI, server),
+    ] {
         status(
             Command::new("ip")
                 .args(["netns", "exec", ns, "ethtool", "-K", dev, "tx"])
@@ -1575,11 +1591,16 @@ pub(crate) fn load_average() -> f64 {
 
 /// The server veth's NAPI kthreads (`napi/<iface>-<id>`).
 pub(crate) fn napi_pids() -> Result<Vec<String>> {
+    napi_pids_of(IF_SRV)
+}
+
+/// The NAPI kthreads of `iface` (`napi/<iface>-<id>`).
+fn napi_pids_of(iface: &str) -> Result<Vec<String>> {
     let out = Command::new("ps")
         .args(["-eo", "pid,comm"])
         .output()
         .context("running ps")?;
-    let prefix = format!("napi/{IF_SRV}");
+    let prefix = format!("napi/{iface}-");
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -1927,9 +1948,14 @@ impl BenchTopology {
             &format!("{MIN_RTO_MS}ms"),
         ])?;
         // Threaded NAPI gives the server veth's receive work its own
-        // kthread, which is then pinned next to the server. A veth has
-        // NAPI only with XDP attached or with GRO on; GRO on keeps it for
-        // the kernel server too (and real NICs do GRO by default).
+        // kthread, pinned next to the server (pin_napi), for both servers.
+        // A veth has NAPI only with XDP attached or with GRO on (real NICs
+        // do GRO by default); see set_tx_offload for the sender's side.
+        // The client veth keeps none: the client's TCP receive runs in
+        // the softirq of the CPU that transmitted, the server's, for both
+        // servers alike. (Tried: GRO and threaded NAPI on the client veth
+        // too, its kthread on CPU 0: rr-1conn fell to ~380 transactions/s
+        // with a p50 of 3.5–3.9 ms for both servers; not pursued.)
         status(
             Command::new("ip")
                 .args([
