@@ -39,6 +39,7 @@ counters! {
     rto_in_recovery,
     rto_repeated,
     rto_undone,
+    recovery_undone,
     persist_probes,
     rst_sent,
     rst_received,
@@ -645,10 +646,12 @@ impl Stack {
                 return;
             }
             let spurious_before = snd.spurious_rtos;
+            let undone_before = snd.recoveries_undone;
             let advanced = snd.on_ack(now, seg, &cfg);
             if snd.spurious_rtos != spurious_before {
                 self.counters.rto_undone += 1;
             }
+            self.counters.recovery_undone += snd.recoveries_undone - undone_before;
             if advanced && c.want_writable && snd.send_space() > 0 && !snd.fin_queued {
                 c.want_writable = false;
                 self.events.push_back(Event::Writable(id));

@@ -2456,4 +2456,119 @@ mod sack_rack_timestamps {
         );
         assert_eq!(resent.first(), Some(&seg(0)));
     }
+
+    /// Ten segments out; segment 1 is delayed (reordered), and SACKs of
+    /// 2..5 make RACK deem it lost: it is resent and the window reduced.
+    /// (Peer, first sequence, MSS, our TSval on the originals, the
+    /// retransmission's TSval, cwnd before the reduction.)
+    fn spurious_fast_retransmit(ts: bool) -> (Peer, u32, u32, Option<u32>, Option<u32>, usize) {
+        let (mut p, c, _) = open(ts);
+        p.stack.send(p.now, c, &[7; 64 * 1024]).unwrap();
+        let segs = out(&mut p);
+        assert_eq!(segs.len(), 10, "initial window");
+        let orig_ts = segs[0].ts.map(|t| t.0);
+        let (base, mss) = (p.ack, segs[0].len);
+        let seg = |i: u32| base + i * mss;
+        let echo = |e: Option<u32>| e.map(|e| (110, e));
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, seg(1), &[], echo(orig_ts), &[], false);
+        let _ = out(&mut p);
+        let cwnd = info(&p).cwnd;
+        p.seg(
+            ACK,
+            p.seq,
+            seg(1),
+            &[],
+            echo(orig_ts),
+            &[(seg(2), seg(5))],
+            false,
+        );
+        let o = out(&mut p);
+        assert_eq!(o.first().map(|s| s.seq), Some(seg(1)), "{o:?}");
+        assert!(info(&p).recovering);
+        assert!(info(&p).cwnd < cwnd);
+        let retx_ts = o[0].ts.map(|t| t.0);
+        if ts {
+            assert_ne!(retx_ts, orig_ts);
+        }
+        (p, base, mss, orig_ts, retx_ts, cwnd)
+    }
+
+    /// RFC 3522 detection for a loss episode: the ACK covering the
+    /// retransmission echoes the original's TSval (the original arrived
+    /// late, filling the hole): the reduction is undone, recovery ends.
+    #[test]
+    fn a_spurious_fast_retransmit_is_undone_by_the_echo() {
+        let (mut p, base, mss, orig_ts, _, cwnd) = spurious_fast_retransmit(true);
+        p.advance(Duration::from_millis(2));
+        p.seg(
+            ACK,
+            p.seq,
+            base + 10 * mss,
+            &[],
+            Some((111, orig_ts.unwrap())),
+            &[],
+            false,
+        );
+        assert_eq!(counter(&p, "recovery_undone"), 1);
+        let i = info(&p);
+        assert!(!i.recovering);
+        assert!(i.cwnd >= cwnd, "cwnd back: {} < {cwnd}", i.cwnd);
+    }
+
+    /// The echo is the retransmission's: it repaired a real loss, the
+    /// reduction stands.
+    #[test]
+    fn a_fast_retransmit_that_repaired_a_loss_is_not_undone() {
+        let (mut p, base, mss, _, retx_ts, cwnd) = spurious_fast_retransmit(true);
+        p.advance(Duration::from_millis(10));
+        p.seg(
+            ACK,
+            p.seq,
+            base + 10 * mss,
+            &[],
+            Some((111, retx_ts.unwrap())),
+            &[],
+            false,
+        );
+        assert_eq!(counter(&p, "recovery_undone"), 0);
+        assert!(info(&p).cwnd < cwnd);
+        // A later D-SACK of something else does not undo it either.
+        p.seg(
+            ACK,
+            p.seq,
+            base + 10 * mss,
+            &[],
+            Some((112, retx_ts.unwrap())),
+            &[(base + 5 * mss, base + 6 * mss)],
+            false,
+        );
+        assert_eq!(counter(&p, "recovery_undone"), 0);
+    }
+
+    /// RFC 3708's idea without timestamps: the peer D-SACKs the
+    /// retransmission (it had the original already): every retransmission
+    /// of the episode was a duplicate, the reduction is undone.
+    #[test]
+    fn a_spurious_fast_retransmit_is_undone_by_a_d_sack() {
+        let (mut p, base, mss, _, _, cwnd) = spurious_fast_retransmit(false);
+        p.advance(Duration::from_millis(1));
+        // The original arrives: everything acknowledged, recovery over.
+        p.seg(ACK, p.seq, base + 10 * mss, &[], None, &[], false);
+        assert_eq!(counter(&p, "recovery_undone"), 0);
+        assert!(info(&p).cwnd < cwnd);
+        // Then the retransmission: a duplicate, reported below the ACK.
+        p.advance(Duration::from_millis(9));
+        p.seg(
+            ACK,
+            p.seq,
+            base + 10 * mss,
+            &[],
+            None,
+            &[(base + mss, base + 2 * mss)],
+            false,
+        );
+        assert_eq!(counter(&p, "recovery_undone"), 1);
+        assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
+    }
 }
