@@ -727,3 +727,36 @@ fn reordering_alone_draws_fast_retransmits_that_are_undone() {
     }
     assert!(undone_total > 0, "no spurious episode undone");
 }
+
+/// A path that delivers 2 % of data segments twice, and loses nothing:
+/// the receiver reports each copy below RCV.NXT in a D-SACK block (RFC
+/// 2883 §4 case 1); the sender, which retransmitted nothing, neither
+/// undoes nor starts any recovery because of them.
+#[test]
+fn duplicates_below_rcv_nxt_draw_d_sacks_the_sender_ignores() {
+    for seed in SEEDS {
+        let data = Link {
+            latency: Duration::from_millis(10),
+            duplicate: 0.02,
+            ..Link::default()
+        };
+        let acks = Link {
+            latency: Duration::from_millis(10),
+            ..Link::default()
+        };
+        let name = format!("duplicate-dsack-{seed}");
+        let (net, a, b) = bulk(
+            &name,
+            seed,
+            pattern(seed, 1 << 20),
+            [data, acks],
+            short_timers(),
+        );
+        check_clean_bulk(&net, &a, &b);
+        assert!(net.stats[0].duplicated > 0);
+        assert!(net.counter(Side::B, "dup_below_rcv_nxt") > 0);
+        assert_eq!(net.counter(Side::A, "fast_retransmits"), 0);
+        assert_eq!(net.counter(Side::A, "recovery_undone"), 0);
+        assert_eq!(net.counter(Side::A, "rto_expirations"), 0);
+    }
+}

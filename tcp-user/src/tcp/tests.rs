@@ -1328,6 +1328,29 @@ fn a_duplicate_of_held_data_draws_one_d_sack_block() {
 }
 
 #[test]
+fn a_duplicate_below_rcv_nxt_draws_a_d_sack_block() {
+    let (mut p, s) = sack_peer();
+    let Some(Event::Accepted { conn: c, .. }) = p.events().first().copied() else {
+        panic!("not accepted");
+    };
+    p.send_raw(ACK, s, p.ack, 65535, &[1; 100]);
+    p.send_raw(ACK, s + 100, p.ack, 65535, &[1; 100]);
+    sack_of_acks(&mut p);
+    // RFC 2883 §4 case 1: wholly below RCV.NXT (a spurious
+    // retransmission): the ACK reports it, once.
+    p.send_raw(ACK, s + 100, p.ack, 65535, &[1; 100]);
+    assert_eq!(sack_of_acks(&mut p), vec![vec![(s + 100, s + 200)]]);
+    p.send_raw(ACK, s + 200, p.ack, 65535, &[1; 100]);
+    p.advance(Duration::from_millis(500));
+    assert_eq!(sack_of_acks(&mut p), vec![Vec::<(u32, u32)>::new()]);
+    // Partly below: the old part is the duplicate, the rest is taken.
+    p.send_raw(ACK, s + 250, p.ack, 65535, &[1; 100]);
+    assert_eq!(sack_of_acks(&mut p), vec![vec![(s + 250, s + 300)]]);
+    let mut buf = [0u8; 1024];
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Ok(350));
+}
+
+#[test]
 fn an_ack_answering_a_batch_beyond_a_hole_goes_twice() {
     let (mut p, s) = sack_peer();
     // Six segments in order, read in one batch: one ACK (no hole).
