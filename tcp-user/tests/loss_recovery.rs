@@ -723,6 +723,11 @@ fn reordering_alone_draws_fast_retransmits_that_are_undone() {
         // only when all of its retransmissions prove so, and no episode
         // is undone without having retransmitted.
         assert!(undone <= fast, "seed {seed}: {undone} > {fast}");
+        // RFC 8985 §6.2 step 4: each D-SACK widens RACK's reordering
+        // window (a quarter of min_RTT more, once per round trip), so the
+        // spurious retransmissions stop repeating: a handful per transfer
+        // (29–39 per seed with the window fixed at a quarter of min_RTT).
+        assert!(fast <= 10, "seed {seed}: {fast} fast retransmits");
         undone_total += undone;
     }
     assert!(undone_total > 0, "no spurious episode undone");

@@ -383,6 +383,7 @@ impl Send {
                     .get(1)
                     .is_some_and(|&(l2, r2)| l2.le(left) && right.le(r2));
             if dsack && left.lt(right) {
+                self.sb.on_dsack(self.snd_una, self.snd_nxt);
                 self.on_dsack(left, right);
             }
         }
@@ -508,6 +509,7 @@ impl Send {
             // RFC 6675 §5: recovery ends when the ACK covers RecoveryPoint.
             Some(recover) if ack.ge(recover) => {
                 self.recover = None;
+                self.sb.on_recovery_exit();
                 if !std::mem::take(&mut self.rto_recovery) {
                     let flight = self.flight();
                     self.cc.on_recovery_end(flight);
@@ -577,6 +579,7 @@ impl Send {
         }
         if self.recover.is_some() && !self.rto_recovery {
             self.recover = None;
+            self.sb.on_recovery_exit();
             self.fast_retx = None;
             self.sb.undo_timeout();
         }
