@@ -173,6 +173,8 @@ pub(crate) struct Send {
     pub recoveries_undone: u64,
     /// A probe is out: (SND.MAX when it was sent, it was a retransmission).
     pub tlp_end: Option<(SeqNum, bool)>,
+    /// A probe that retransmitted: its range and TSval.
+    pub tlp_probe: Option<(SeqNum, SeqNum, Option<u32>)>,
 }
 
 /// A loss episode of fast recovery, kept until it is undone or the next
@@ -253,6 +255,7 @@ impl Send {
             recovery_undo: None,
             recoveries_undone: 0,
             tlp_end: None,
+            tlp_probe: None,
         }
     }
 
@@ -374,6 +377,7 @@ impl Send {
             &[]
         };
         let cum = if advanced { ack } else { self.snd_una };
+        let mut dsack_block = None;
         if let Some(&(left, right)) = blocks.first() {
             // RFC 2883 §4: "If the first SACK block's left edge is below the
             // cumulative ACK ... or if the first SACK block is contained in
@@ -383,6 +387,7 @@ impl Send {
                     .get(1)
                     .is_some_and(|&(l2, r2)| l2.le(left) && right.le(r2));
             if dsack && left.lt(right) {
+                dsack_block = Some((left, right));
                 self.sb.on_dsack(self.snd_una, self.snd_nxt);
                 self.on_dsack(left, right);
             }
@@ -480,7 +485,8 @@ impl Send {
         // RFC 6298 §5.2–5.3: all acknowledged → stop the timer, else restart it.
         self.retx_at = (self.snd_una != self.snd_max).then(|| now + self.rto);
         if self.sack_offer {
-            self.sack_ack(now, ack, acked);
+            let ecr = seg.options.timestamps.map_or(0, |(_, ecr)| ecr);
+            self.sack_ack(now, ack, acked, dsack_block, ecr);
             return true;
         }
         match self.recover {
@@ -504,7 +510,14 @@ impl Send {
 
     /// The rest of an ACK that advanced SND.UNA by `acked` bytes, with SACK
     /// in use (RFC 6675, RFC 8985).
-    fn sack_ack(&mut self, now: Instant, ack: SeqNum, acked: usize) {
+    fn sack_ack(
+        &mut self,
+        now: Instant,
+        ack: SeqNum,
+        acked: usize,
+        dsack: Option<(SeqNum, SeqNum)>,
+        ecr: u32,
+    ) {
         match self.recover {
             // RFC 6675 §5: recovery ends when the ACK covers RecoveryPoint.
             Some(recover) if ack.ge(recover) => {
@@ -527,9 +540,28 @@ impl Send {
             if ack.ge(end) {
                 self.tlp_end = None;
                 // RFC 8985 §7.4: a probe that retransmitted data and is
-                // acknowledged without a D-SACK (we take none) repaired a
-                // real loss: the congestion response is owed all the same.
-                if retransmission && self.recover.is_none() {
+                // acknowledged without a D-SACK repaired a real loss: the
+                // congestion response is owed all the same. With a D-SACK
+                // of the probe on this ACK, or an echo older than the
+                // probe's TSval (RFC 3522: the original drew it), both
+                // arrived and nothing was lost: no response.
+                let probe = self.tlp_probe.take();
+                let duplicate =
+                    probe.is_some_and(|(s, e, _)| dsack.is_some_and(|(l, r)| l.le(s) && e.le(r)));
+                let old_echo = probe
+                    .and_then(|(_, _, ts)| ts)
+                    .is_some_and(|ts| ecr != 0 && (ts.wrapping_sub(ecr) as i32) > 0);
+                if retransmission && self.recover.is_none() && !duplicate && !old_echo {
+                    // A D-SACK of the probe arriving later still undoes
+                    // the reduction (the episode of one retransmission).
+                    self.recovery_undo = probe.map(|(s, e, _)| RecoveryUndo {
+                        cc: self.cc.boxed_clone(),
+                        start: s,
+                        tsval: None,
+                        retx_high: Some(e),
+                        retx_left: e.diff(s).max(0) as usize,
+                        ts_checked: true,
+                    });
                     let flight = self.flight();
                     self.cc.on_congestion_event(now, flight);
                     self.cc.on_recovery_end(flight);
@@ -2041,6 +2073,7 @@ fn emit_data(
             };
             if let Some(len) = emit_retransmission(now, tuple, our_mss, snd, rcv, start, mss, buf) {
                 snd.tlp_end = Some((snd.snd_max, true));
+                snd.tlp_probe = Some((start, last.end, snd.ts_offset.map(|o| tsval(now, o))));
                 snd.retx_at = Some(now + snd.rto);
                 stats.retransmit = true;
                 stats.probe = true;

@@ -2594,4 +2594,109 @@ mod sack_rack_timestamps {
         assert_eq!(counter(&p, "recovery_undone"), 1);
         assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
     }
+
+    /// Four segments all arrive, the ACK of the last is delayed: the probe
+    /// resends the last segment. (Peer, the last segment's range, the
+    /// originals' TSval, the probe's TSval, cwnd before.)
+    fn probe_of_a_delivered_segment(
+        ts: bool,
+    ) -> (Peer, (u32, u32), Option<u32>, Option<u32>, usize) {
+        let (mut p, c, _) = open(ts);
+        p.stack.send(p.now, c, &[7; 4 * 1448]).unwrap();
+        let segs = out(&mut p);
+        assert_eq!(segs.len(), 4);
+        let last = segs.last().map(|s| (s.seq, s.len)).unwrap();
+        let orig_ts = segs[3].ts.map(|t| t.0);
+        p.advance(Duration::from_millis(10));
+        p.seg(
+            ACK,
+            p.seq,
+            segs[2].seq,
+            &[],
+            orig_ts.map(|t| (110, t)),
+            &[],
+            false,
+        );
+        let _ = out(&mut p);
+        let cwnd = info(&p).cwnd;
+        p.advance(Duration::from_millis(25));
+        let probe = out(&mut p);
+        assert_eq!(
+            probe.iter().map(|s| (s.seq, s.len)).collect::<Vec<_>>(),
+            [last]
+        );
+        assert_eq!(counter(&p, "tail_loss_probes"), 1);
+        let probe_ts = probe[0].ts.map(|t| t.0);
+        (p, last, orig_ts, probe_ts, cwnd)
+    }
+
+    /// RFC 8985 §7.4: the delayed ACK of the original echoes its TSval,
+    /// older than the probe's: nothing was lost, no window reduction.
+    #[test]
+    fn a_probe_of_delivered_data_answered_by_an_old_echo_costs_no_reduction() {
+        let (mut p, last, orig_ts, _, cwnd) = probe_of_a_delivered_segment(true);
+        p.advance(Duration::from_millis(5));
+        let end = last.0 + last.1;
+        p.seg(
+            ACK,
+            p.seq,
+            end,
+            &[],
+            Some((120, orig_ts.unwrap())),
+            &[],
+            false,
+        );
+        assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
+    }
+
+    /// The same told by a D-SACK of the probe.
+    #[test]
+    fn a_probe_of_delivered_data_d_sacked_costs_no_reduction() {
+        let (mut p, last, _, probe_ts, cwnd) = probe_of_a_delivered_segment(true);
+        p.advance(Duration::from_millis(5));
+        let end = last.0 + last.1;
+        // The echo is the probe's (the receiver took its TSval): only the
+        // D-SACK says the probe was a duplicate.
+        p.seg(
+            ACK,
+            p.seq,
+            end,
+            &[],
+            Some((120, probe_ts.unwrap())),
+            &[(last.0, end)],
+            false,
+        );
+        assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
+    }
+
+    /// The probe repaired a loss (the echo is its own): the window is
+    /// reduced; a D-SACK of the probe arriving later undoes that.
+    #[test]
+    fn a_probe_that_repaired_a_loss_reduces_the_window_until_d_sacked() {
+        let (mut p, last, _, probe_ts, cwnd) = probe_of_a_delivered_segment(true);
+        p.advance(Duration::from_millis(5));
+        let end = last.0 + last.1;
+        p.seg(
+            ACK,
+            p.seq,
+            end,
+            &[],
+            Some((120, probe_ts.unwrap())),
+            &[],
+            false,
+        );
+        assert!(info(&p).cwnd < cwnd, "{} >= {cwnd}", info(&p).cwnd);
+        assert_eq!(counter(&p, "recovery_undone"), 0);
+        p.seg(
+            ACK,
+            p.seq,
+            end,
+            &[],
+            Some((121, probe_ts.unwrap())),
+            &[(last.0, end)],
+            false,
+        );
+        assert_eq!(counter(&p, "recovery_undone"), 1);
+        assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
+    }
 }
