@@ -164,8 +164,36 @@ pub(crate) struct Send {
     pub rto_undo: Option<RtoUndo>,
     /// Timeouts found spurious and undone.
     pub spurious_rtos: u64,
+    /// The current or last loss episode of fast recovery (RACK): the
+    /// sender before its reduction and what was retransmitted, to go back
+    /// to if every retransmission proves unnecessary (RFC 3522 / RFC 3708
+    /// detection, RFC 4015 response).
+    pub recovery_undo: Option<RecoveryUndo>,
+    /// Fast recoveries found spurious and undone.
+    pub recoveries_undone: u64,
     /// A probe is out: (SND.MAX when it was sent, it was a retransmission).
     pub tlp_end: Option<(SeqNum, bool)>,
+    /// A probe that retransmitted: its range and TSval.
+    pub tlp_probe: Option<(SeqNum, SeqNum, Option<u32>)>,
+}
+
+/// A loss episode of fast recovery, kept until it is undone or the next
+/// one (or a timeout) begins.
+pub struct RecoveryUndo {
+    /// The congestion controller just before the reduction.
+    cc: Box<dyn CongestionControl>,
+    /// SND.UNA when the episode began: D-SACKs below it are older.
+    start: SeqNum,
+    /// TSval of the episode's first retransmission.
+    tsval: Option<u32>,
+    /// End of the highest retransmission of the episode.
+    retx_high: Option<SeqNum>,
+    /// Bytes retransmitted in the episode not yet reported duplicate by a
+    /// D-SACK (Linux's undo_retrans, in bytes).
+    retx_left: usize,
+    /// The timestamp test was made (on the first ACK covering every
+    /// retransmission) and failed: only D-SACKs may undo now.
+    ts_checked: bool,
 }
 
 /// The sender's state just before a retransmission timeout.
@@ -224,7 +252,10 @@ impl Send {
             tlp_follow: false,
             rto_undo: None,
             spurious_rtos: 0,
+            recovery_undo: None,
+            recoveries_undone: 0,
             tlp_end: None,
+            tlp_probe: None,
         }
     }
 
@@ -346,6 +377,21 @@ impl Send {
             &[]
         };
         let cum = if advanced { ack } else { self.snd_una };
+        let mut dsack_block = None;
+        if let Some(&(left, right)) = blocks.first() {
+            // RFC 2883 §4: "If the first SACK block's left edge is below the
+            // cumulative ACK ... or if the first SACK block is contained in
+            // the second SACK block, then the first block is a D-SACK".
+            let dsack = left.lt(ack)
+                || blocks
+                    .get(1)
+                    .is_some_and(|&(l2, r2)| l2.le(left) && right.le(r2));
+            if dsack && left.lt(right) {
+                dsack_block = Some((left, right));
+                self.sb.on_dsack(self.snd_una, self.snd_nxt);
+                self.on_dsack(left, right);
+            }
+        }
         let delivery = self.sb.on_ack(now, cum, self.snd_max, blocks);
         if !advanced {
             // RFC 1122 §4.2.2.17: the sender "MUST NOT close the connection
@@ -420,10 +466,27 @@ impl Send {
                 self.spurious_rtos += 1;
             }
         }
+        // RFC 3522 §3.2, applied to a fast-recovery episode (as Linux
+        // does): the first ACK that covers every retransmission of the
+        // episode echoes a TSval older than the first retransmission's:
+        // the segment that filled the last hole was an original, so none
+        // of the retransmissions was needed and the reduction is undone.
+        if let Some(u) = self.recovery_undo.as_mut() {
+            if let (Some(ts), Some(high)) = (u.tsval, u.retx_high) {
+                if !u.ts_checked && ack.ge(high) {
+                    u.ts_checked = true;
+                    let ecr = seg.options.timestamps.map_or(0, |(_, ecr)| ecr);
+                    if ecr != 0 && (ts.wrapping_sub(ecr) as i32) > 0 {
+                        self.undo_recovery();
+                    }
+                }
+            }
+        }
         // RFC 6298 §5.2–5.3: all acknowledged → stop the timer, else restart it.
         self.retx_at = (self.snd_una != self.snd_max).then(|| now + self.rto);
         if self.sack_offer {
-            self.sack_ack(now, ack, acked);
+            let ecr = seg.options.timestamps.map_or(0, |(_, ecr)| ecr);
+            self.sack_ack(now, ack, acked, dsack_block, ecr);
             return true;
         }
         match self.recover {
@@ -447,11 +510,19 @@ impl Send {
 
     /// The rest of an ACK that advanced SND.UNA by `acked` bytes, with SACK
     /// in use (RFC 6675, RFC 8985).
-    fn sack_ack(&mut self, now: Instant, ack: SeqNum, acked: usize) {
+    fn sack_ack(
+        &mut self,
+        now: Instant,
+        ack: SeqNum,
+        acked: usize,
+        dsack: Option<(SeqNum, SeqNum)>,
+        ecr: u32,
+    ) {
         match self.recover {
             // RFC 6675 §5: recovery ends when the ACK covers RecoveryPoint.
             Some(recover) if ack.ge(recover) => {
                 self.recover = None;
+                self.sb.on_recovery_exit();
                 if !std::mem::take(&mut self.rto_recovery) {
                     let flight = self.flight();
                     self.cc.on_recovery_end(flight);
@@ -469,9 +540,28 @@ impl Send {
             if ack.ge(end) {
                 self.tlp_end = None;
                 // RFC 8985 §7.4: a probe that retransmitted data and is
-                // acknowledged without a D-SACK (we take none) repaired a
-                // real loss: the congestion response is owed all the same.
-                if retransmission && self.recover.is_none() {
+                // acknowledged without a D-SACK repaired a real loss: the
+                // congestion response is owed all the same. With a D-SACK
+                // of the probe on this ACK, or an echo older than the
+                // probe's TSval (RFC 3522: the original drew it), both
+                // arrived and nothing was lost: no response.
+                let probe = self.tlp_probe.take();
+                let duplicate =
+                    probe.is_some_and(|(s, e, _)| dsack.is_some_and(|(l, r)| l.le(s) && e.le(r)));
+                let old_echo = probe
+                    .and_then(|(_, _, ts)| ts)
+                    .is_some_and(|ts| ecr != 0 && (ts.wrapping_sub(ecr) as i32) > 0);
+                if retransmission && self.recover.is_none() && !duplicate && !old_echo {
+                    // A D-SACK of the probe arriving later still undoes
+                    // the reduction (the episode of one retransmission).
+                    self.recovery_undo = probe.map(|(s, e, _)| RecoveryUndo {
+                        cc: self.cc.boxed_clone(),
+                        start: s,
+                        tsval: None,
+                        retx_high: Some(e),
+                        retx_left: e.diff(s).max(0) as usize,
+                        ts_checked: true,
+                    });
                     let flight = self.flight();
                     self.cc.on_congestion_event(now, flight);
                     self.cc.on_recovery_end(flight);
@@ -480,6 +570,71 @@ impl Send {
         }
         self.detect_losses(now);
         self.arm_probe(now);
+    }
+
+    /// A D-SACK block `[left, right)` from the peer: it received those
+    /// bytes twice. RFC 3708 §3 (the idea; we count bytes, not segments):
+    /// when the duplicates reported cover every retransmission of a loss
+    /// episode, the originals had all arrived and the episode was
+    /// spurious: its reduction is undone.
+    fn on_dsack(&mut self, left: SeqNum, right: SeqNum) {
+        let Some(u) = self.recovery_undo.as_mut() else {
+            return;
+        };
+        let Some(high) = u.retx_high else {
+            return;
+        };
+        // Only duplicates of what this episode retransmitted count.
+        let lo = if left.lt(u.start) { u.start } else { left };
+        let hi = if right.gt(high) { high } else { right };
+        if !lo.lt(hi) {
+            return;
+        }
+        u.retx_left = u.retx_left.saturating_sub(hi.diff(lo) as usize);
+        if u.retx_left == 0 {
+            self.undo_recovery();
+        }
+    }
+
+    /// RFC 4015 §3.2's response, applied to a spurious loss episode: "the
+    /// TCP sender MUST ... restore the congestion window and slow-start
+    /// threshold" to what they were before the reduction (only when the
+    /// window has not since grown past that), end the recovery, and stop
+    /// resending what the episode marked lost; RACK marks again what
+    /// really is lost.
+    fn undo_recovery(&mut self) {
+        let Some(u) = self.recovery_undo.take() else {
+            return;
+        };
+        if u.cc.cwnd() >= self.cc.cwnd() {
+            self.cc = u.cc;
+        }
+        if self.recover.is_some() && !self.rto_recovery {
+            self.recover = None;
+            self.sb.on_recovery_exit();
+            self.fast_retx = None;
+            self.sb.undo_timeout();
+        }
+        self.recoveries_undone += 1;
+    }
+
+    /// A segment `[start, end)` sent at `now` went again: part of the
+    /// current loss episode when fast recovery is under way.
+    pub fn note_retransmission(&mut self, start: SeqNum, end: SeqNum, now: Instant) {
+        if self.recover.is_none() || self.rto_recovery {
+            return;
+        }
+        let offset = self.ts_offset;
+        let Some(u) = self.recovery_undo.as_mut() else {
+            return;
+        };
+        u.retx_left += end.diff(start).max(0) as usize;
+        if u.retx_high.is_none_or(|h| end.gt(h)) {
+            u.retx_high = Some(end);
+        }
+        if u.tsval.is_none() {
+            u.tsval = offset.map(|o| tsval(now, o));
+        }
     }
 
     /// RACK (RFC 8985 §6.2): marks what is now known lost, arms the
@@ -491,6 +646,14 @@ impl Send {
         self.reorder_at = timer;
         if lost > 0 && self.recover.is_none() {
             let flight = self.flight();
+            self.recovery_undo = Some(RecoveryUndo {
+                cc: self.cc.boxed_clone(),
+                start: self.snd_una,
+                tsval: None,
+                retx_high: None,
+                retx_left: 0,
+                ts_checked: false,
+            });
             self.cc.on_congestion_event(now, flight);
             self.recover = Some(self.snd_max);
             self.tlp_end = None;
@@ -682,6 +845,8 @@ impl Send {
             // growing by slow start; SACKed data is not resent (unless the
             // peer seems to have reneged). Recovery lasts until all that was
             // outstanding is acknowledged, with no further reduction.
+            // A timeout ends the loss episode: it has its own undo.
+            self.recovery_undo = None;
             self.rto_undo = match self.ts_offset {
                 Some(offset) if self.retries == 1 => Some(RtoUndo {
                     tsval: tsval(now, offset),
@@ -1908,6 +2073,7 @@ fn emit_data(
             };
             if let Some(len) = emit_retransmission(now, tuple, our_mss, snd, rcv, start, mss, buf) {
                 snd.tlp_end = Some((snd.snd_max, true));
+                snd.tlp_probe = Some((start, last.end, snd.ts_offset.map(|o| tsval(now, o))));
                 snd.retx_at = Some(now + snd.rto);
                 stats.retransmit = true;
                 stats.probe = true;
@@ -1984,6 +2150,9 @@ fn emit_data(
 
     let seg_len = n as u32 + fin as u32;
     stats.retransmit = snd.snd_nxt.lt(snd.snd_max);
+    if stats.retransmit {
+        snd.note_retransmission(snd.snd_nxt, snd.snd_nxt + seg_len, now);
+    }
     snd.sb.on_transmit(snd.snd_nxt, snd.snd_nxt + seg_len, now);
     snd.snd_nxt += seg_len;
     snd.snd_max = snd.snd_max.max(snd.snd_nxt);
@@ -2070,8 +2239,9 @@ fn emit_retransmission(
     copy_out(snd, offset, &mut buf[header..header + n]);
     let len = header + n;
     fill_checksum(*tuple.local.ip(), *tuple.remote.ip(), &mut buf[..len]);
-    snd.sb
-        .on_transmit(start, start + n as u32 + fin as u32, now);
+    let end = start + n as u32 + fin as u32;
+    snd.note_retransmission(start, end, now);
+    snd.sb.on_transmit(start, end, now);
     // RFC 6298 §5.1: the timer runs while data is outstanding.
     snd.retx_at.get_or_insert(now + snd.rto);
     if snd.recover.is_some() {

@@ -95,7 +95,21 @@ pub struct Scoreboard {
     /// RACK.reordering_seen: the peer delivered out of order at least once
     /// without a retransmission explaining it.
     reordering_seen: bool,
+    /// RACK.reo_wnd_mult: the reordering window in quarters of min_RTT
+    /// (0 stands for the initial 1).
+    reo_wnd_mult: u32,
+    /// RACK.reo_wnd_persist: loss recoveries left before the multiplier
+    /// goes back to 1.
+    reo_wnd_persist: u32,
+    /// RACK.dsack_round: SND.NXT when the multiplier last grew; no more
+    /// growth until SND.UNA passes it (one step per round trip).
+    dsack_round: Option<SeqNum>,
 }
+
+/// RFC 8985 §6.2 step 4: "RACK.reo_wnd_persist = 16" after a D-SACK.
+const REO_WND_PERSIST: u32 = 16;
+/// A bound on the multiplier (the window never exceeds SRTT anyway).
+const REO_WND_MULT_MAX: u32 = 64;
 
 /// Whether a transmission at `t1` of a segment ending at `e1` happened after
 /// one at `t2` ending at `e2` (RFC 8985 §6.2, RACK_sent_after: equal times
@@ -314,8 +328,42 @@ impl Scoreboard {
         if !self.reordering_seen && (in_recovery || self.sacked_segs >= DUP_THRESH) {
             return Duration::ZERO;
         }
-        let quarter = self.min_rtt.unwrap_or_default() / 4;
-        srtt.map_or(quarter, |s| quarter.min(s))
+        // "RACK.reo_wnd = RACK.reo_wnd_mult * RACK.min_RTT / 4",
+        // "return min(RACK.reo_wnd, SRTT)".
+        let wnd = self.min_rtt.unwrap_or_default() / 4 * self.reo_wnd_mult.max(1);
+        srtt.map_or(wnd, |s| wnd.min(s))
+    }
+
+    /// RFC 8985 §6.2 step 4, on an ACK carrying a D-SACK block: "If
+    /// RACK.dsack_round is not None and SND.UNA >= RACK.dsack_round:
+    /// RACK.dsack_round = None"; "If RACK.dsack_round is None and a DSACK
+    /// option is present on the latest received ACK: RACK.dsack_round =
+    /// SND.NXT, RACK.reo_wnd_mult += 1, RACK.reo_wnd_persist = 16".
+    ///
+    /// A D-SACK also counts as reordering seen (as Linux counts it): the
+    /// peer received something twice, most often a retransmission whose
+    /// original RACK gave up on too early; without this the window stays
+    /// zero in recovery and the multiplier has no effect.
+    pub fn on_dsack(&mut self, snd_una: SeqNum, snd_nxt: SeqNum) {
+        if self.dsack_round.is_some_and(|r| snd_una.ge(r)) {
+            self.dsack_round = None;
+        }
+        if self.dsack_round.is_none() {
+            self.dsack_round = Some(snd_nxt);
+            self.reo_wnd_mult = (self.reo_wnd_mult.max(1) + 1).min(REO_WND_MULT_MAX);
+            self.reo_wnd_persist = REO_WND_PERSIST;
+        }
+        self.reordering_seen = true;
+    }
+
+    /// RFC 8985 §6.2 step 4: "Else if exiting Fast or RTO recovery:
+    /// RACK.reo_wnd_persist -= 1; If RACK.reo_wnd_persist <= 0:
+    /// RACK.reo_wnd_mult = 1".
+    pub fn on_recovery_exit(&mut self) {
+        self.reo_wnd_persist = self.reo_wnd_persist.saturating_sub(1);
+        if self.reo_wnd_persist == 0 {
+            self.reo_wnd_mult = 1;
+        }
     }
 
     /// RFC 8985 §6.2 step 5: marks lost every segment sent before the most
@@ -618,6 +666,35 @@ mod tests {
         sb.on_ack(at(53), seq(0), seq(10_000), &[(seq(8000), seq(9000))]);
         assert!(sb.reordering_seen);
         assert_eq!(sb.reo_wnd(true, None), Duration::from_micros(10_000));
+    }
+
+    #[test]
+    fn d_sacks_grow_the_reordering_window_once_per_round_and_recoveries_reset_it() {
+        let mut sb = ten_sent();
+        sb.on_ack(at(10), seq(MSS), seq(10 * MSS), &[]);
+        let srtt = Some(Duration::from_millis(100));
+        // min_RTT 10 ms; in recovery with no reordering seen: zero.
+        assert_eq!(sb.reo_wnd(true, srtt), Duration::ZERO);
+        // A D-SACK: reordering seen, the multiplier goes to 2.
+        sb.on_dsack(seq(MSS), seq(10 * MSS));
+        assert_eq!(sb.reo_wnd(true, srtt), Duration::from_micros(5_000));
+        // Another in the same round trip: no change.
+        sb.on_dsack(seq(2 * MSS), seq(10 * MSS));
+        assert_eq!(sb.reo_wnd(true, srtt), Duration::from_micros(5_000));
+        // SND.UNA past the round: grows again, bounded by SRTT.
+        sb.on_dsack(seq(10 * MSS), seq(12 * MSS));
+        assert_eq!(sb.reo_wnd(true, srtt), Duration::from_micros(7_500));
+        assert_eq!(
+            sb.reo_wnd(true, Some(Duration::from_millis(6))),
+            Duration::from_millis(6)
+        );
+        // 15 recoveries end: still grown; the 16th resets it to a quarter.
+        for _ in 0..15 {
+            sb.on_recovery_exit();
+        }
+        assert_eq!(sb.reo_wnd(true, srtt), Duration::from_micros(7_500));
+        sb.on_recovery_exit();
+        assert_eq!(sb.reo_wnd(true, srtt), Duration::from_micros(2_500));
     }
 
     #[test]

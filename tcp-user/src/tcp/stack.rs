@@ -39,6 +39,7 @@ counters! {
     rto_in_recovery,
     rto_repeated,
     rto_undone,
+    recovery_undone,
     persist_probes,
     rst_sent,
     rst_received,
@@ -55,6 +56,7 @@ counters! {
     drop_bad_flags,
     drop_old_ack,
     drop_paws,
+    dup_below_rcv_nxt,
     conns_accepted,
     conns_connected,
     conns_closed,
@@ -537,6 +539,19 @@ impl Stack {
                 self.challenge_ack(now, id);
                 return;
             }
+            // RFC 2883 §4: "If the data packet being acknowledged contains
+            // a duplicate segment, the first SACK block is used to report
+            // the sequence number of the duplicate" (its case 1: data
+            // wholly below RCV.NXT: a spurious retransmission, or a probe
+            // of data we already took). The peer learns that the
+            // retransmission was not needed and may undo its reduction.
+            let end = seg.seq + seg.payload.len() as u32;
+            if !seg.payload.is_empty() && end.le(rcv_nxt) {
+                if let Some(rcv) = c.tcb.rcv_mut() {
+                    rcv.note_duplicate(seg.seq, end);
+                    self.counters.dup_below_rcv_nxt += 1;
+                }
+            }
             self.ack_unacceptable(now, id, seg);
             return;
         }
@@ -645,10 +660,12 @@ impl Stack {
                 return;
             }
             let spurious_before = snd.spurious_rtos;
+            let undone_before = snd.recoveries_undone;
             let advanced = snd.on_ack(now, seg, &cfg);
             if snd.spurious_rtos != spurious_before {
                 self.counters.rto_undone += 1;
             }
+            self.counters.recovery_undone += snd.recoveries_undone - undone_before;
             if advanced && c.want_writable && snd.send_space() > 0 && !snd.fin_queued {
                 c.want_writable = false;
                 self.events.push_back(Event::Writable(id));
@@ -701,6 +718,13 @@ impl Stack {
                 // Trim what we already have (the acceptance test kept it
                 // because its end reaches into the window).
                 let skip = rcv.rcv_nxt.diff(seg.seq).max(0) as usize;
+                if skip > 0 {
+                    // RFC 2883 §4 again: the part below RCV.NXT is a
+                    // duplicate, reported in a D-SACK block.
+                    let dup = skip.min(seg.payload.len()) as u32;
+                    rcv.note_duplicate(seg.seq, seg.seq + dup);
+                    self.counters.dup_below_rcv_nxt += 1;
+                }
                 if skip > 0 || seg.seq == rcv.rcv_nxt {
                     let data = &seg.payload[skip.min(seg.payload.len())..];
                     // Everything inside the window we advertised is taken:

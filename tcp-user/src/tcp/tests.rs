@@ -1328,6 +1328,29 @@ fn a_duplicate_of_held_data_draws_one_d_sack_block() {
 }
 
 #[test]
+fn a_duplicate_below_rcv_nxt_draws_a_d_sack_block() {
+    let (mut p, s) = sack_peer();
+    let Some(Event::Accepted { conn: c, .. }) = p.events().first().copied() else {
+        panic!("not accepted");
+    };
+    p.send_raw(ACK, s, p.ack, 65535, &[1; 100]);
+    p.send_raw(ACK, s + 100, p.ack, 65535, &[1; 100]);
+    sack_of_acks(&mut p);
+    // RFC 2883 §4 case 1: wholly below RCV.NXT (a spurious
+    // retransmission): the ACK reports it, once.
+    p.send_raw(ACK, s + 100, p.ack, 65535, &[1; 100]);
+    assert_eq!(sack_of_acks(&mut p), vec![vec![(s + 100, s + 200)]]);
+    p.send_raw(ACK, s + 200, p.ack, 65535, &[1; 100]);
+    p.advance(Duration::from_millis(500));
+    assert_eq!(sack_of_acks(&mut p), vec![Vec::<(u32, u32)>::new()]);
+    // Partly below: the old part is the duplicate, the rest is taken.
+    p.send_raw(ACK, s + 250, p.ack, 65535, &[1; 100]);
+    assert_eq!(sack_of_acks(&mut p), vec![vec![(s + 250, s + 300)]]);
+    let mut buf = [0u8; 1024];
+    assert_eq!(p.stack.recv(p.now, c, &mut buf), Ok(350));
+}
+
+#[test]
 fn an_ack_answering_a_batch_beyond_a_hole_goes_twice() {
     let (mut p, s) = sack_peer();
     // Six segments in order, read in one batch: one ACK (no hole).
@@ -2455,5 +2478,225 @@ mod sack_rack_timestamps {
             "{resent:?}"
         );
         assert_eq!(resent.first(), Some(&seg(0)));
+    }
+
+    /// Ten segments out; segment 1 is delayed (reordered), and SACKs of
+    /// 2..5 make RACK deem it lost: it is resent and the window reduced.
+    /// (Peer, first sequence, MSS, our TSval on the originals, the
+    /// retransmission's TSval, cwnd before the reduction.)
+    fn spurious_fast_retransmit(ts: bool) -> (Peer, u32, u32, Option<u32>, Option<u32>, usize) {
+        let (mut p, c, _) = open(ts);
+        p.stack.send(p.now, c, &[7; 64 * 1024]).unwrap();
+        let segs = out(&mut p);
+        assert_eq!(segs.len(), 10, "initial window");
+        let orig_ts = segs[0].ts.map(|t| t.0);
+        let (base, mss) = (p.ack, segs[0].len);
+        let seg = |i: u32| base + i * mss;
+        let echo = |e: Option<u32>| e.map(|e| (110, e));
+        p.advance(Duration::from_millis(10));
+        p.seg(ACK, p.seq, seg(1), &[], echo(orig_ts), &[], false);
+        let _ = out(&mut p);
+        let cwnd = info(&p).cwnd;
+        p.seg(
+            ACK,
+            p.seq,
+            seg(1),
+            &[],
+            echo(orig_ts),
+            &[(seg(2), seg(5))],
+            false,
+        );
+        let o = out(&mut p);
+        assert_eq!(o.first().map(|s| s.seq), Some(seg(1)), "{o:?}");
+        assert!(info(&p).recovering);
+        assert!(info(&p).cwnd < cwnd);
+        let retx_ts = o[0].ts.map(|t| t.0);
+        if ts {
+            assert_ne!(retx_ts, orig_ts);
+        }
+        (p, base, mss, orig_ts, retx_ts, cwnd)
+    }
+
+    /// RFC 3522 detection for a loss episode: the ACK covering the
+    /// retransmission echoes the original's TSval (the original arrived
+    /// late, filling the hole): the reduction is undone, recovery ends.
+    #[test]
+    fn a_spurious_fast_retransmit_is_undone_by_the_echo() {
+        let (mut p, base, mss, orig_ts, _, cwnd) = spurious_fast_retransmit(true);
+        p.advance(Duration::from_millis(2));
+        p.seg(
+            ACK,
+            p.seq,
+            base + 10 * mss,
+            &[],
+            Some((111, orig_ts.unwrap())),
+            &[],
+            false,
+        );
+        assert_eq!(counter(&p, "recovery_undone"), 1);
+        let i = info(&p);
+        assert!(!i.recovering);
+        assert!(i.cwnd >= cwnd, "cwnd back: {} < {cwnd}", i.cwnd);
+    }
+
+    /// The echo is the retransmission's: it repaired a real loss, the
+    /// reduction stands.
+    #[test]
+    fn a_fast_retransmit_that_repaired_a_loss_is_not_undone() {
+        let (mut p, base, mss, _, retx_ts, cwnd) = spurious_fast_retransmit(true);
+        p.advance(Duration::from_millis(10));
+        p.seg(
+            ACK,
+            p.seq,
+            base + 10 * mss,
+            &[],
+            Some((111, retx_ts.unwrap())),
+            &[],
+            false,
+        );
+        assert_eq!(counter(&p, "recovery_undone"), 0);
+        assert!(info(&p).cwnd < cwnd);
+        // A later D-SACK of something else does not undo it either.
+        p.seg(
+            ACK,
+            p.seq,
+            base + 10 * mss,
+            &[],
+            Some((112, retx_ts.unwrap())),
+            &[(base + 5 * mss, base + 6 * mss)],
+            false,
+        );
+        assert_eq!(counter(&p, "recovery_undone"), 0);
+    }
+
+    /// RFC 3708's idea without timestamps: the peer D-SACKs the
+    /// retransmission (it had the original already): every retransmission
+    /// of the episode was a duplicate, the reduction is undone.
+    #[test]
+    fn a_spurious_fast_retransmit_is_undone_by_a_d_sack() {
+        let (mut p, base, mss, _, _, cwnd) = spurious_fast_retransmit(false);
+        p.advance(Duration::from_millis(1));
+        // The original arrives: everything acknowledged, recovery over.
+        p.seg(ACK, p.seq, base + 10 * mss, &[], None, &[], false);
+        assert_eq!(counter(&p, "recovery_undone"), 0);
+        assert!(info(&p).cwnd < cwnd);
+        // Then the retransmission: a duplicate, reported below the ACK.
+        p.advance(Duration::from_millis(9));
+        p.seg(
+            ACK,
+            p.seq,
+            base + 10 * mss,
+            &[],
+            None,
+            &[(base + mss, base + 2 * mss)],
+            false,
+        );
+        assert_eq!(counter(&p, "recovery_undone"), 1);
+        assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
+    }
+
+    /// Four segments all arrive, the ACK of the last is delayed: the probe
+    /// resends the last segment. (Peer, the last segment's range, the
+    /// originals' TSval, the probe's TSval, cwnd before.)
+    fn probe_of_a_delivered_segment(
+        ts: bool,
+    ) -> (Peer, (u32, u32), Option<u32>, Option<u32>, usize) {
+        let (mut p, c, _) = open(ts);
+        p.stack.send(p.now, c, &[7; 4 * 1448]).unwrap();
+        let segs = out(&mut p);
+        assert_eq!(segs.len(), 4);
+        let last = segs.last().map(|s| (s.seq, s.len)).unwrap();
+        let orig_ts = segs[3].ts.map(|t| t.0);
+        p.advance(Duration::from_millis(10));
+        p.seg(
+            ACK,
+            p.seq,
+            segs[2].seq,
+            &[],
+            orig_ts.map(|t| (110, t)),
+            &[],
+            false,
+        );
+        let _ = out(&mut p);
+        let cwnd = info(&p).cwnd;
+        p.advance(Duration::from_millis(25));
+        let probe = out(&mut p);
+        assert_eq!(
+            probe.iter().map(|s| (s.seq, s.len)).collect::<Vec<_>>(),
+            [last]
+        );
+        assert_eq!(counter(&p, "tail_loss_probes"), 1);
+        let probe_ts = probe[0].ts.map(|t| t.0);
+        (p, last, orig_ts, probe_ts, cwnd)
+    }
+
+    /// RFC 8985 §7.4: the delayed ACK of the original echoes its TSval,
+    /// older than the probe's: nothing was lost, no window reduction.
+    #[test]
+    fn a_probe_of_delivered_data_answered_by_an_old_echo_costs_no_reduction() {
+        let (mut p, last, orig_ts, _, cwnd) = probe_of_a_delivered_segment(true);
+        p.advance(Duration::from_millis(5));
+        let end = last.0 + last.1;
+        p.seg(
+            ACK,
+            p.seq,
+            end,
+            &[],
+            Some((120, orig_ts.unwrap())),
+            &[],
+            false,
+        );
+        assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
+    }
+
+    /// The same told by a D-SACK of the probe.
+    #[test]
+    fn a_probe_of_delivered_data_d_sacked_costs_no_reduction() {
+        let (mut p, last, _, probe_ts, cwnd) = probe_of_a_delivered_segment(true);
+        p.advance(Duration::from_millis(5));
+        let end = last.0 + last.1;
+        // The echo is the probe's (the receiver took its TSval): only the
+        // D-SACK says the probe was a duplicate.
+        p.seg(
+            ACK,
+            p.seq,
+            end,
+            &[],
+            Some((120, probe_ts.unwrap())),
+            &[(last.0, end)],
+            false,
+        );
+        assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
+    }
+
+    /// The probe repaired a loss (the echo is its own): the window is
+    /// reduced; a D-SACK of the probe arriving later undoes that.
+    #[test]
+    fn a_probe_that_repaired_a_loss_reduces_the_window_until_d_sacked() {
+        let (mut p, last, _, probe_ts, cwnd) = probe_of_a_delivered_segment(true);
+        p.advance(Duration::from_millis(5));
+        let end = last.0 + last.1;
+        p.seg(
+            ACK,
+            p.seq,
+            end,
+            &[],
+            Some((120, probe_ts.unwrap())),
+            &[],
+            false,
+        );
+        assert!(info(&p).cwnd < cwnd, "{} >= {cwnd}", info(&p).cwnd);
+        assert_eq!(counter(&p, "recovery_undone"), 0);
+        p.seg(
+            ACK,
+            p.seq,
+            end,
+            &[],
+            Some((121, probe_ts.unwrap())),
+            &[(last.0, end)],
+            false,
+        );
+        assert_eq!(counter(&p, "recovery_undone"), 1);
+        assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
     }
 }
