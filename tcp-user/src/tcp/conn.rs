@@ -60,6 +60,13 @@ pub fn tsval(now: Instant, offset: u32) -> u32 {
     ((now.as_micros() / 1000) as u32).wrapping_add(offset)
 }
 
+/// RFC 3522 §3.2: the echoed timestamp `ecr` (0: none) is older than
+/// `tsval`, so the ACK was drawn by a segment sent before the one that
+/// carried `tsval` (modulo-2^32 comparison, RFC 7323 §5.2).
+fn echo_predates(ecr: u32, tsval: u32) -> bool {
+    ecr != 0 && (tsval.wrapping_sub(ecr) as i32) > 0
+}
+
 /// RFC 7323 timestamps state of the receive side, once negotiated.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Timestamps {
@@ -456,9 +463,9 @@ impl Send {
         // RFC 4015's response: the window and recovery state go back to
         // what they were before it, and what the timeout marked lost is no
         // longer resent; RACK marks again what really is lost.
+        let ecr = seg.options.timestamps.map_or(0, |(_, ecr)| ecr);
         if let Some(undo) = self.rto_undo.take() {
-            let ecr = seg.options.timestamps.map_or(0, |(_, ecr)| ecr);
-            if ecr != 0 && (undo.tsval.wrapping_sub(ecr) as i32) > 0 && self.sack_offer {
+            if echo_predates(ecr, undo.tsval) && self.sack_offer {
                 self.cc = undo.cc;
                 self.recover = undo.recover;
                 self.rto_recovery = undo.rto_recovery;
@@ -475,8 +482,7 @@ impl Send {
             if let (Some(ts), Some(high)) = (u.tsval, u.retx_high) {
                 if !u.ts_checked && ack.ge(high) {
                     u.ts_checked = true;
-                    let ecr = seg.options.timestamps.map_or(0, |(_, ecr)| ecr);
-                    if ecr != 0 && (ts.wrapping_sub(ecr) as i32) > 0 {
+                    if echo_predates(ecr, ts) {
                         self.undo_recovery();
                     }
                 }
@@ -485,7 +491,6 @@ impl Send {
         // RFC 6298 §5.2–5.3: all acknowledged → stop the timer, else restart it.
         self.retx_at = (self.snd_una != self.snd_max).then(|| now + self.rto);
         if self.sack_offer {
-            let ecr = seg.options.timestamps.map_or(0, |(_, ecr)| ecr);
             self.sack_ack(now, ack, acked, dsack_block, ecr);
             return true;
         }
@@ -550,7 +555,7 @@ impl Send {
                     probe.is_some_and(|(s, e, _)| dsack.is_some_and(|(l, r)| l.le(s) && e.le(r)));
                 let old_echo = probe
                     .and_then(|(_, _, ts)| ts)
-                    .is_some_and(|ts| ecr != 0 && (ts.wrapping_sub(ecr) as i32) > 0);
+                    .is_some_and(|ts| echo_predates(ecr, ts));
                 if retransmission && self.recover.is_none() && !duplicate && !old_echo {
                     // A D-SACK of the probe arriving later still undoes
                     // the reduction (the episode of one retransmission).
@@ -1175,19 +1180,8 @@ impl Recv {
         let Some((l, r)) = self.held_runs().find(|(l, r)| seq.in_range(*l, *r)) else {
             return;
         };
-        let (mut len, mut fresh) = (self.sack_recent_len as usize, self.sack_fresh as usize);
-        let mut i = 0;
-        while i < len {
-            if self.sack_recent[i].in_range(l, r) {
-                self.sack_recent.copy_within(i + 1..len, i);
-                len -= 1;
-                if i < fresh {
-                    fresh -= 1;
-                }
-            } else {
-                i += 1;
-            }
-        }
+        self.sack_recent_remove(|s| s.in_range(l, r));
+        let (len, fresh) = (self.sack_recent_len as usize, self.sack_fresh as usize);
         let keep = len.min(SACK_RECENT - 1);
         self.sack_recent.copy_within(0..keep, 1);
         self.sack_recent[0] = seq;
@@ -1197,17 +1191,24 @@ impl Recv {
 
     /// Entries of `sack_recent` whose data was delivered in order go.
     fn sack_forget_delivered(&mut self) {
+        let rcv_nxt = self.rcv_nxt;
+        self.sack_recent_remove(|s| !s.gt(rcv_nxt));
+    }
+
+    /// Removes the entries of `sack_recent` for which `gone` holds, keeping
+    /// the order of the rest and the count of fresh ones among them.
+    fn sack_recent_remove(&mut self, gone: impl Fn(SeqNum) -> bool) {
         let (mut len, mut fresh) = (self.sack_recent_len as usize, self.sack_fresh as usize);
         let mut i = 0;
         while i < len {
-            if self.sack_recent[i].gt(self.rcv_nxt) {
-                i += 1;
-            } else {
+            if gone(self.sack_recent[i]) {
                 self.sack_recent.copy_within(i + 1..len, i);
                 len -= 1;
                 if i < fresh {
                     fresh -= 1;
                 }
+            } else {
+                i += 1;
             }
         }
         self.sack_recent_len = len as u8;
