@@ -308,6 +308,22 @@ fn kernel_port_still_works() {
     assert_eq!(ep.xdp_counter("redirected"), 0);
 }
 
+/// Injects, from the client's namespace, the data segment the endpoint
+/// expects next on `s` (the client kernel's own sequence numbers, nothing
+/// in flight), carrying `payload` and a wrong TCP checksum.
+fn inject_next_with_a_bad_checksum(t: &Topology, s: &TcpStream, payload: Vec<u8>) {
+    let (seq, ack) = kernel_seq_numbers(s);
+    t.inject_from_client(&Segment {
+        sport: s.local_addr().unwrap().port(),
+        dport: 7,
+        flags: "PA",
+        seq,
+        ack,
+        payload,
+        checksum: Some(0x0bad),
+    });
+}
+
 #[test]
 fn corrupted_checksum_dropped_and_counted() {
     let topo = std::sync::Arc::new(Topology::new("csum", 15));
@@ -323,16 +339,7 @@ fn corrupted_checksum_dropped_and_counted() {
         // Nothing in flight now: the segment below is exactly the one the
         // endpoint expects next, so were it accepted despite its checksum,
         // "evil" would come back in place of the start of "second".
-        let (seq, ack) = kernel_seq_numbers(&s);
-        t.inject_from_client(&Segment {
-            sport: s.local_addr().unwrap().port(),
-            dport: 7,
-            flags: "PA",
-            seq,
-            ack,
-            payload: b"evil".to_vec(),
-            checksum: Some(0x0bad),
-        });
+        inject_next_with_a_bad_checksum(&t, &s, b"evil".to_vec());
         s.write_all(b"second").unwrap();
         let mut second = [0u8; 6];
         s.read_exact(&mut second).unwrap();
@@ -427,16 +434,7 @@ fn bad_checksums_of_several_lengths_are_dropped() {
         let mut s = connect(addr);
         s.set_nodelay(true).unwrap();
         for (i, &n) in lengths.iter().enumerate() {
-            let (seq, ack) = kernel_seq_numbers(&s);
-            t.inject_from_client(&Segment {
-                sport: s.local_addr().unwrap().port(),
-                dport: 7,
-                flags: "PA",
-                seq,
-                ack,
-                payload: vec![0xee; n],
-                checksum: Some(0x0bad),
-            });
+            inject_next_with_a_bad_checksum(&t, &s, vec![0xee; n]);
             let real = pattern(i as u64 + 100, n);
             s.write_all(&real).unwrap();
             let mut back = vec![0u8; n];

@@ -1920,6 +1920,11 @@ mod sack_rack_timestamps {
     }
 
     impl Peer {
+        /// A bare ACK of `ack` from the peer, with `ts` and SACK blocks.
+        fn ack_with(&mut self, ack: u32, ts: Option<(u32, u32)>, sack: &[(u32, u32)]) {
+            self.seg(ACK, self.seq, ack, &[], ts, sack, false);
+        }
+
         #[allow(clippy::too_many_arguments)]
         fn seg(
             &mut self,
@@ -1998,7 +2003,7 @@ mod sack_rack_timestamps {
         let our_ts = synack.ts.map(|t| t.0);
         // A 10 ms round trip: the handshake's RTT sample.
         p.advance(Duration::from_millis(10));
-        p.seg(ACK, p.seq, p.ack, &[], our_ts.map(|t| (101, t)), &[], false);
+        p.ack_with(p.ack, our_ts.map(|t| (101, t)), &[]);
         let Some(Event::Accepted { conn, .. }) = p.events().first().copied() else {
             panic!("not accepted");
         };
@@ -2105,7 +2110,7 @@ mod sack_rack_timestamps {
         // that one arrived, the RTT is 30 ms (Karn's rule would forbid a
         // sample without the echo).
         p.advance(Duration::from_millis(30));
-        p.seg(ACK, p.seq, p.ack + 100, &[], Some((102, tsval)), &[], false);
+        p.ack_with(p.ack + 100, Some((102, tsval)), &[]);
         // SRTT was 10 ms (the handshake): 7/8 of it plus 1/8 of 30 ms.
         assert_eq!(info(&p).srtt_us, 12_500);
     }
@@ -2127,18 +2132,18 @@ mod sack_rack_timestamps {
         let (mut p, _c, base, mss) = ten_out(false);
         let seg = |i: u32| base + i * mss;
         // Segment 1 is lost: ACK of 0, then SACKs of 2, 2-3, 2-4.
-        p.seg(ACK, p.seq, seg(1), &[], None, &[], false);
+        p.ack_with(seg(1), None, &[]);
         let _ = out(&mut p);
         let cwnd_before = info(&p).cwnd;
         for last in 3..=4 {
-            p.seg(ACK, p.seq, seg(1), &[], None, &[(seg(2), seg(last))], false);
+            p.ack_with(seg(1), None, &[(seg(2), seg(last))]);
             let o = out(&mut p);
             assert!(
                 o.iter().all(|s| s.seq != seg(1)),
                 "not yet lost with < 3 SACKed: {o:?}"
             );
         }
-        p.seg(ACK, p.seq, seg(1), &[], None, &[(seg(2), seg(5))], false);
+        p.ack_with(seg(1), None, &[(seg(2), seg(5))]);
         let o = out(&mut p);
         assert_eq!(
             o.first().map(|s| (s.seq, s.len)),
@@ -2156,7 +2161,7 @@ mod sack_rack_timestamps {
         // The rest of the window is SACKed: the pipe empties and new data
         // goes out.
         p.advance(Duration::from_millis(1));
-        p.seg(ACK, p.seq, seg(1), &[], None, &[(seg(2), seg(10))], false);
+        p.ack_with(seg(1), None, &[(seg(2), seg(10))]);
         let fresh = out(&mut p);
         assert!(
             !fresh.is_empty() && fresh.iter().all(|s| s.seq >= seg(10)),
@@ -2166,15 +2171,7 @@ mod sack_rack_timestamps {
         // 10 ms later: an RTT after the retransmission with later data
         // delivered, RACK marks it lost again and it goes a third time.
         p.advance(Duration::from_millis(10));
-        p.seg(
-            ACK,
-            p.seq,
-            seg(1),
-            &[],
-            None,
-            &[(seg(10), seg(11)), (seg(2), seg(10))],
-            false,
-        );
+        p.ack_with(seg(1), None, &[(seg(10), seg(11)), (seg(2), seg(10))]);
         let o = out(&mut p);
         assert_eq!(
             o.first().map(|s| s.seq),
@@ -2185,7 +2182,7 @@ mod sack_rack_timestamps {
         assert_eq!(counter(&p, "fast_retransmits"), 2);
         // Everything acknowledged: recovery over.
         let top = fresh.iter().map(|s| s.seq + s.len).max().unwrap();
-        p.seg(ACK, p.seq, top, &[], None, &[], false);
+        p.ack_with(top, None, &[]);
         assert!(!info(&p).recovering);
     }
 
@@ -2202,7 +2199,7 @@ mod sack_rack_timestamps {
         // Segments 0..8 arrive; 8 and 9 are lost (and nothing follows,
         // since the window is used up until these ACKs make room: the
         // peer's window is what limits here).
-        p.seg(ACK, p.seq, seg(8), &[], Some((110, tsecr(&p))), &[], false);
+        p.ack_with(seg(8), Some((110, tsecr(&p))), &[]);
         // New data fills the freed window; the peer loses all of it too.
         let more = out(&mut p);
         let top = more.iter().map(|s| s.seq + s.len).max().unwrap_or(seg(10));
@@ -2222,15 +2219,7 @@ mod sack_rack_timestamps {
         // Its SACK, 10 ms later, shows everything before it missing: RACK
         // marks those lost and recovery resends them, still no timeout.
         p.advance(Duration::from_millis(10));
-        p.seg(
-            ACK,
-            p.seq,
-            seg(8),
-            &[],
-            Some((120, 0)),
-            &[(probe[0].seq, top)],
-            false,
-        );
+        p.ack_with(seg(8), Some((120, 0)), &[(probe[0].seq, top)]);
         let o = out(&mut p);
         assert_eq!(o.first().map(|s| s.seq), Some(seg(8)), "{o:?}");
         assert_eq!(counter(&p, "rto_expirations"), 0);
@@ -2253,15 +2242,7 @@ mod sack_rack_timestamps {
         let top = first.iter().map(|s| s.seq + s.len).max().unwrap();
         // All ten arrive and are acknowledged.
         p.advance(Duration::from_millis(10));
-        p.seg(
-            ACK,
-            p.seq,
-            top,
-            &[],
-            Some((110, our_ts.unwrap())),
-            &[],
-            false,
-        );
+        p.ack_with(top, Some((110, our_ts.unwrap())), &[]);
         let second = out(&mut p);
         assert!(second.len() >= 4, "{second:?}");
         let top = second.iter().map(|s| s.seq + s.len).max().unwrap();
@@ -2279,15 +2260,7 @@ mod sack_rack_timestamps {
         // Two full-sized segments: the peer acknowledges everything at once.
         p.advance(Duration::from_millis(10));
         let end = top + 2 * mss;
-        p.seg(
-            ACK,
-            p.seq,
-            end,
-            &[],
-            Some((120, probe[1].ts.unwrap().0)),
-            &[],
-            false,
-        );
+        p.ack_with(end, Some((120, probe[1].ts.unwrap().0)), &[]);
         let more = out(&mut p);
         assert!(!more.is_empty() && more[0].seq == end, "{more:?}");
         assert_eq!(counter(&p, "rto_expirations"), 0);
@@ -2302,7 +2275,7 @@ mod sack_rack_timestamps {
         let first = out(p);
         let top = first.iter().map(|s| s.seq + s.len).max().unwrap();
         p.advance(Duration::from_millis(10));
-        p.seg(ACK, p.seq, top, &[], Some((110, our_ts)), &[], false);
+        p.ack_with(top, Some((110, our_ts)), &[]);
         let second = out(p);
         let una = second[0].seq;
         p.advance(Duration::from_millis(25));
@@ -2328,7 +2301,7 @@ mod sack_rack_timestamps {
         let (mut p, c, our_ts) = open(true);
         let (top, probe_ts, _, cwnd) = timeout_after_lost_acks(&mut p, c, our_ts.unwrap());
         p.advance(Duration::from_millis(1));
-        p.seg(ACK, p.seq, top, &[], Some((130, probe_ts)), &[], false);
+        p.ack_with(top, Some((130, probe_ts)), &[]);
         assert_eq!(counter(&p, "rto_undone"), 1);
         let i = info(&p);
         assert!(!i.recovering);
@@ -2345,7 +2318,7 @@ mod sack_rack_timestamps {
         let (mut p, c, our_ts) = open(true);
         let (top, _, retx_ts, cwnd) = timeout_after_lost_acks(&mut p, c, our_ts.unwrap());
         p.advance(Duration::from_millis(1));
-        p.seg(ACK, p.seq, top, &[], Some((130, retx_ts)), &[], false);
+        p.ack_with(top, Some((130, retx_ts)), &[]);
         assert_eq!(counter(&p, "rto_undone"), 0);
         assert!(info(&p).cwnd < cwnd);
     }
@@ -2358,9 +2331,9 @@ mod sack_rack_timestamps {
     fn a_stalled_fast_recovery_is_probed_before_the_timer() {
         let (mut p, _c, base, mss) = ten_out(false);
         let seg = |i: u32| base + i * mss;
-        p.seg(ACK, p.seq, seg(1), &[], None, &[], false);
+        p.ack_with(seg(1), None, &[]);
         let _ = out(&mut p);
-        p.seg(ACK, p.seq, seg(1), &[], None, &[(seg(2), seg(5))], false);
+        p.ack_with(seg(1), None, &[(seg(2), seg(5))]);
         let o = out(&mut p);
         assert_eq!(o.first().map(|s| s.seq), Some(seg(1)), "{o:?}");
         assert!(info(&p).recovering);
@@ -2374,7 +2347,7 @@ mod sack_rack_timestamps {
         let end = probe.iter().map(|s| s.seq + s.len).max().unwrap().max(top);
         // The peer answers it at once: recovery ends, no timeout.
         p.advance(Duration::from_millis(10));
-        p.seg(ACK, p.seq, end, &[], None, &[], false);
+        p.ack_with(end, None, &[]);
         assert_eq!(counter(&p, "rto_expirations"), 0);
         assert!(!info(&p).recovering);
     }
@@ -2393,15 +2366,7 @@ mod sack_rack_timestamps {
         p.stack.send(p.now, c, &[8; 1000]).unwrap();
         assert!(out(&mut p).is_empty(), "cwnd is full");
         p.advance(Duration::from_millis(10));
-        p.seg(
-            ACK,
-            p.seq,
-            first[8].seq,
-            &[],
-            Some((110, our_ts.unwrap())),
-            &[],
-            false,
-        );
+        p.ack_with(first[8].seq, Some((110, our_ts.unwrap())), &[]);
         let o = out(&mut p);
         assert_eq!(
             o.iter().map(|s| (s.seq, s.len)).collect::<Vec<_>>(),
@@ -2423,7 +2388,7 @@ mod sack_rack_timestamps {
         let last = segs.last().map(|s| (s.seq, s.len)).unwrap();
         // The first two arrive; the last two do not.
         p.advance(Duration::from_millis(10));
-        p.seg(ACK, p.seq, segs[2].seq, &[], Some((110, 0)), &[], false);
+        p.ack_with(segs[2].seq, Some((110, 0)), &[]);
         assert!(out(&mut p).iter().all(|s| s.len == 0));
         p.advance(Duration::from_millis(25));
         let probe = out(&mut p);
@@ -2434,18 +2399,10 @@ mod sack_rack_timestamps {
         assert_eq!(counter(&p, "tail_loss_probes"), 1);
         // The probe's SACK exposes segment 2: resent at once.
         p.advance(Duration::from_millis(10));
-        p.seg(
-            ACK,
-            p.seq,
-            segs[2].seq,
-            &[],
-            Some((120, 0)),
-            &[(last.0, last.0 + last.1)],
-            false,
-        );
+        p.ack_with(segs[2].seq, Some((120, 0)), &[(last.0, last.0 + last.1)]);
         let o = out(&mut p);
         assert_eq!(o.first().map(|s| s.seq), Some(segs[2].seq), "{o:?}");
-        p.seg(ACK, p.seq, last.0 + last.1, &[], Some((121, 0)), &[], false);
+        p.ack_with(last.0 + last.1, Some((121, 0)), &[]);
         assert_eq!(counter(&p, "rto_expirations"), 0);
         assert_eq!(info(&p).in_flight, 0);
     }
@@ -2455,7 +2412,7 @@ mod sack_rack_timestamps {
         let (mut p, _c, base, mss) = ten_out(false);
         let seg = |i: u32| base + i * mss;
         // 1 and 2 SACKed, then silence (the rest and all later ACKs lost).
-        p.seg(ACK, p.seq, seg(0), &[], None, &[(seg(1), seg(3))], false);
+        p.ack_with(seg(0), None, &[(seg(1), seg(3))]);
         let _ = out(&mut p);
         p.advance(Duration::from_secs(3));
         let mut resent = Vec::new();
@@ -2494,18 +2451,10 @@ mod sack_rack_timestamps {
         let seg = |i: u32| base + i * mss;
         let echo = |e: Option<u32>| e.map(|e| (110, e));
         p.advance(Duration::from_millis(10));
-        p.seg(ACK, p.seq, seg(1), &[], echo(orig_ts), &[], false);
+        p.ack_with(seg(1), echo(orig_ts), &[]);
         let _ = out(&mut p);
         let cwnd = info(&p).cwnd;
-        p.seg(
-            ACK,
-            p.seq,
-            seg(1),
-            &[],
-            echo(orig_ts),
-            &[(seg(2), seg(5))],
-            false,
-        );
+        p.ack_with(seg(1), echo(orig_ts), &[(seg(2), seg(5))]);
         let o = out(&mut p);
         assert_eq!(o.first().map(|s| s.seq), Some(seg(1)), "{o:?}");
         assert!(info(&p).recovering);
@@ -2524,15 +2473,7 @@ mod sack_rack_timestamps {
     fn a_spurious_fast_retransmit_is_undone_by_the_echo() {
         let (mut p, base, mss, orig_ts, _, cwnd) = spurious_fast_retransmit(true);
         p.advance(Duration::from_millis(2));
-        p.seg(
-            ACK,
-            p.seq,
-            base + 10 * mss,
-            &[],
-            Some((111, orig_ts.unwrap())),
-            &[],
-            false,
-        );
+        p.ack_with(base + 10 * mss, Some((111, orig_ts.unwrap())), &[]);
         assert_eq!(counter(&p, "recovery_undone"), 1);
         let i = info(&p);
         assert!(!i.recovering);
@@ -2545,26 +2486,14 @@ mod sack_rack_timestamps {
     fn a_fast_retransmit_that_repaired_a_loss_is_not_undone() {
         let (mut p, base, mss, _, retx_ts, cwnd) = spurious_fast_retransmit(true);
         p.advance(Duration::from_millis(10));
-        p.seg(
-            ACK,
-            p.seq,
-            base + 10 * mss,
-            &[],
-            Some((111, retx_ts.unwrap())),
-            &[],
-            false,
-        );
+        p.ack_with(base + 10 * mss, Some((111, retx_ts.unwrap())), &[]);
         assert_eq!(counter(&p, "recovery_undone"), 0);
         assert!(info(&p).cwnd < cwnd);
         // A later D-SACK of something else does not undo it either.
-        p.seg(
-            ACK,
-            p.seq,
+        p.ack_with(
             base + 10 * mss,
-            &[],
             Some((112, retx_ts.unwrap())),
             &[(base + 5 * mss, base + 6 * mss)],
-            false,
         );
         assert_eq!(counter(&p, "recovery_undone"), 0);
     }
@@ -2577,20 +2506,12 @@ mod sack_rack_timestamps {
         let (mut p, base, mss, _, _, cwnd) = spurious_fast_retransmit(false);
         p.advance(Duration::from_millis(1));
         // The original arrives: everything acknowledged, recovery over.
-        p.seg(ACK, p.seq, base + 10 * mss, &[], None, &[], false);
+        p.ack_with(base + 10 * mss, None, &[]);
         assert_eq!(counter(&p, "recovery_undone"), 0);
         assert!(info(&p).cwnd < cwnd);
         // Then the retransmission: a duplicate, reported below the ACK.
         p.advance(Duration::from_millis(9));
-        p.seg(
-            ACK,
-            p.seq,
-            base + 10 * mss,
-            &[],
-            None,
-            &[(base + mss, base + 2 * mss)],
-            false,
-        );
+        p.ack_with(base + 10 * mss, None, &[(base + mss, base + 2 * mss)]);
         assert_eq!(counter(&p, "recovery_undone"), 1);
         assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
     }
@@ -2608,15 +2529,7 @@ mod sack_rack_timestamps {
         let last = segs.last().map(|s| (s.seq, s.len)).unwrap();
         let orig_ts = segs[3].ts.map(|t| t.0);
         p.advance(Duration::from_millis(10));
-        p.seg(
-            ACK,
-            p.seq,
-            segs[2].seq,
-            &[],
-            orig_ts.map(|t| (110, t)),
-            &[],
-            false,
-        );
+        p.ack_with(segs[2].seq, orig_ts.map(|t| (110, t)), &[]);
         let _ = out(&mut p);
         let cwnd = info(&p).cwnd;
         p.advance(Duration::from_millis(25));
@@ -2637,15 +2550,7 @@ mod sack_rack_timestamps {
         let (mut p, last, orig_ts, _, cwnd) = probe_of_a_delivered_segment(true);
         p.advance(Duration::from_millis(5));
         let end = last.0 + last.1;
-        p.seg(
-            ACK,
-            p.seq,
-            end,
-            &[],
-            Some((120, orig_ts.unwrap())),
-            &[],
-            false,
-        );
+        p.ack_with(end, Some((120, orig_ts.unwrap())), &[]);
         assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
     }
 
@@ -2657,15 +2562,7 @@ mod sack_rack_timestamps {
         let end = last.0 + last.1;
         // The echo is the probe's (the receiver took its TSval): only the
         // D-SACK says the probe was a duplicate.
-        p.seg(
-            ACK,
-            p.seq,
-            end,
-            &[],
-            Some((120, probe_ts.unwrap())),
-            &[(last.0, end)],
-            false,
-        );
+        p.ack_with(end, Some((120, probe_ts.unwrap())), &[(last.0, end)]);
         assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
     }
 
@@ -2676,26 +2573,10 @@ mod sack_rack_timestamps {
         let (mut p, last, _, probe_ts, cwnd) = probe_of_a_delivered_segment(true);
         p.advance(Duration::from_millis(5));
         let end = last.0 + last.1;
-        p.seg(
-            ACK,
-            p.seq,
-            end,
-            &[],
-            Some((120, probe_ts.unwrap())),
-            &[],
-            false,
-        );
+        p.ack_with(end, Some((120, probe_ts.unwrap())), &[]);
         assert!(info(&p).cwnd < cwnd, "{} >= {cwnd}", info(&p).cwnd);
         assert_eq!(counter(&p, "recovery_undone"), 0);
-        p.seg(
-            ACK,
-            p.seq,
-            end,
-            &[],
-            Some((121, probe_ts.unwrap())),
-            &[(last.0, end)],
-            false,
-        );
+        p.ack_with(end, Some((121, probe_ts.unwrap())), &[(last.0, end)]);
         assert_eq!(counter(&p, "recovery_undone"), 1);
         assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
     }
