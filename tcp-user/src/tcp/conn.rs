@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tcp_common::tcp_flags::{ACK, FIN, PSH, RST, SYN, URG};
 
-use super::cc::{Algorithm, CongestionControl};
+use super::cc::{Algorithm, CongestionControl, Controller};
 use super::recovery::{Delivery, Scoreboard};
 use super::seq::SeqNum;
 use super::{is_transition, Config, ConnId, ConnInfo, Error, FourTuple, Instant, State};
@@ -148,7 +148,7 @@ pub(crate) struct Send {
     /// Sender MSS: the smaller of the peer's and ours.
     pub smss: usize,
     /// How many bytes may be in flight (RFC 5681).
-    pub cc: Box<dyn CongestionControl>,
+    pub cc: Controller,
     pub algorithm: Algorithm,
     /// Duplicate ACKs in a row (RFC 5681 §2 definition).
     pub dupacks: u32,
@@ -197,7 +197,7 @@ pub(crate) struct Send {
 /// one (or a timeout) begins.
 pub struct RecoveryUndo {
     /// The congestion controller just before the reduction.
-    cc: Box<dyn CongestionControl>,
+    cc: Controller,
     /// SND.UNA when the episode began: D-SACKs below it are older.
     start: SeqNum,
     /// TSval of the episode's first retransmission.
@@ -215,7 +215,7 @@ pub struct RecoveryUndo {
 /// The sender's state just before a retransmission timeout.
 pub struct RtoUndo {
     tsval: u32,
-    cc: Box<dyn CongestionControl>,
+    cc: Controller,
     recover: Option<SeqNum>,
     rto_recovery: bool,
 }
@@ -589,7 +589,7 @@ impl Send {
                     // A D-SACK of the probe arriving later still undoes
                     // the reduction (the episode of one retransmission).
                     self.recovery_undo = probe.map(|(s, e, _)| RecoveryUndo {
-                        cc: self.cc.boxed_clone(),
+                        cc: self.cc.clone(),
                         start: s,
                         tsval: None,
                         retx_high: Some(e),
@@ -681,7 +681,7 @@ impl Send {
         if lost > 0 && self.recover.is_none() {
             let flight = self.flight();
             self.recovery_undo = Some(RecoveryUndo {
-                cc: self.cc.boxed_clone(),
+                cc: self.cc.clone(),
                 start: self.snd_una,
                 tsval: None,
                 retx_high: None,
@@ -884,7 +884,7 @@ impl Send {
             self.rto_undo = match self.ts_offset {
                 Some(offset) if self.retries == 1 => Some(RtoUndo {
                     tsval: tsval(now, offset),
-                    cc: self.cc.boxed_clone(),
+                    cc: self.cc.clone(),
                     recover: self.recover,
                     rto_recovery: self.rto_recovery,
                 }),
