@@ -22,24 +22,86 @@ impl Algorithm {
     /// A controller for a connection with sender MSS `mss`, starting from
     /// `cwnd`/`ssthresh` when given (a switch mid-connection) or from the
     /// initial window.
-    pub fn build(self, mss: usize, from: Option<(usize, usize)>) -> Box<dyn CongestionControl> {
+    pub fn build(self, mss: usize, from: Option<(usize, usize)>) -> Controller {
+        let mut c = match self {
+            Algorithm::NewReno => Controller::NewReno(NewReno::new(mss)),
+            Algorithm::Cubic => Controller::Cubic(Cubic::new(mss)),
+        };
+        if let Some((cwnd, ssthresh)) = from {
+            let (w, t) = match &mut c {
+                Controller::NewReno(r) => (&mut r.cwnd, &mut r.ssthresh),
+                Controller::Cubic(r) => (&mut r.cwnd, &mut r.ssthresh),
+            };
+            *w = cwnd;
+            *t = ssthresh;
+        }
+        c
+    }
+}
+
+/// The controller a connection holds: one of the algorithms, stored inline
+/// in the connection. A boxed trait object cost an allocation per
+/// connection and per loss episode (the undo snapshot), and a pointer
+/// chase to another cache line on every ACK.
+#[derive(Debug, Clone)]
+pub enum Controller {
+    NewReno(NewReno),
+    Cubic(Cubic),
+}
+
+impl CongestionControl for Controller {
+    fn cwnd(&self) -> usize {
         match self {
-            Algorithm::NewReno => {
-                let mut c = NewReno::new(mss);
-                if let Some((cwnd, ssthresh)) = from {
-                    c.cwnd = cwnd;
-                    c.ssthresh = ssthresh;
-                }
-                Box::new(c)
-            }
-            Algorithm::Cubic => {
-                let mut c = Cubic::new(mss);
-                if let Some((cwnd, ssthresh)) = from {
-                    c.cwnd = cwnd;
-                    c.ssthresh = ssthresh;
-                }
-                Box::new(c)
-            }
+            Controller::NewReno(c) => c.cwnd(),
+            Controller::Cubic(c) => c.cwnd(),
+        }
+    }
+    fn ssthresh(&self) -> usize {
+        match self {
+            Controller::NewReno(c) => c.ssthresh(),
+            Controller::Cubic(c) => c.ssthresh(),
+        }
+    }
+    fn on_ack(&mut self, now: Instant, acked: usize, srtt: Option<Duration>) {
+        match self {
+            Controller::NewReno(c) => c.on_ack(now, acked, srtt),
+            Controller::Cubic(c) => c.on_ack(now, acked, srtt),
+        }
+    }
+    fn on_fast_retransmit(&mut self, now: Instant, flight: usize) {
+        match self {
+            Controller::NewReno(c) => c.on_fast_retransmit(now, flight),
+            Controller::Cubic(c) => c.on_fast_retransmit(now, flight),
+        }
+    }
+    fn on_dup_ack_in_recovery(&mut self) {
+        match self {
+            Controller::NewReno(c) => c.on_dup_ack_in_recovery(),
+            Controller::Cubic(c) => c.on_dup_ack_in_recovery(),
+        }
+    }
+    fn on_partial_ack(&mut self, acked: usize) {
+        match self {
+            Controller::NewReno(c) => c.on_partial_ack(acked),
+            Controller::Cubic(c) => c.on_partial_ack(acked),
+        }
+    }
+    fn on_recovery_end(&mut self, flight: usize) {
+        match self {
+            Controller::NewReno(c) => c.on_recovery_end(flight),
+            Controller::Cubic(c) => c.on_recovery_end(flight),
+        }
+    }
+    fn on_rto(&mut self, now: Instant, flight: usize, repeated: bool) {
+        match self {
+            Controller::NewReno(c) => c.on_rto(now, flight, repeated),
+            Controller::Cubic(c) => c.on_rto(now, flight, repeated),
+        }
+    }
+    fn on_congestion_event(&mut self, now: Instant, flight: usize) {
+        match self {
+            Controller::NewReno(c) => c.on_congestion_event(now, flight),
+            Controller::Cubic(c) => c.on_congestion_event(now, flight),
         }
     }
 }
@@ -68,7 +130,9 @@ impl fmt::Display for Algorithm {
 
 /// A congestion controller: told about acknowledged data, losses and
 /// timeouts, it says how many bytes may be in flight.
-pub trait CongestionControl: std::fmt::Debug + Send {
+/// A copy of the whole state (`Clone`) is what a spurious reduction goes
+/// back to (RFC 4015).
+pub trait CongestionControl: std::fmt::Debug + Clone + Send {
     /// The congestion window, in bytes.
     fn cwnd(&self) -> usize;
     /// The slow-start threshold, in bytes.
@@ -95,9 +159,6 @@ pub trait CongestionControl: std::fmt::Debug + Send {
     /// inflation of NewReno's fast recovery (the pipe estimate does that
     /// job: SACKed and lost bytes leave it).
     fn on_congestion_event(&mut self, now: Instant, flight: usize);
-    /// A copy of the whole state, to go back to when a reduction turns
-    /// out to have been spurious (RFC 4015).
-    fn boxed_clone(&self) -> Box<dyn CongestionControl>;
 }
 
 /// NewReno (RFC 5681 §3.1–3.2, RFC 6582), with appropriate byte counting
@@ -188,10 +249,6 @@ impl CongestionControl for NewReno {
         self.halve(flight);
         self.cwnd = self.ssthresh;
         self.acked_in_ca = 0;
-    }
-
-    fn boxed_clone(&self) -> Box<dyn CongestionControl> {
-        Box::new(self.clone())
     }
 }
 
@@ -336,10 +393,6 @@ impl CongestionControl for Cubic {
         // §4.6: cwnd = ssthresh = cwnd * beta_cubic.
         self.reduce();
         self.cwnd = self.ssthresh;
-    }
-
-    fn boxed_clone(&self) -> Box<dyn CongestionControl> {
-        Box::new(self.clone())
     }
 }
 

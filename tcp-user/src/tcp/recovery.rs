@@ -66,6 +66,9 @@ pub struct Delivery {
     pub sacked: usize,
     /// Some newly cumulatively acknowledged data had been retransmitted.
     pub acked_retransmitted: bool,
+    /// When the most recently sent of the newly delivered segments that
+    /// had been retransmitted left (its latest transmission).
+    pub retransmission_sent_at: Option<Instant>,
 }
 
 /// The per-connection record of sent, unacknowledged segments, in
@@ -104,6 +107,9 @@ pub struct Scoreboard {
     /// RACK.dsack_round: SND.NXT when the multiplier last grew; no more
     /// growth until SND.UNA passes it (one step per round trip).
     dsack_round: Option<SeqNum>,
+    /// Scratch for `on_ack`: the latest send time among the retransmitted
+    /// segments it delivers.
+    newest_retransmission: Option<Instant>,
 }
 
 /// RFC 8985 §6.2 step 4: "RACK.reo_wnd_persist = 16" after a D-SACK.
@@ -278,6 +284,7 @@ impl Scoreboard {
         out.rtt = newest
             .filter(|s| !s.retransmitted)
             .map(|s| now.saturating_duration_since(s.sent_at));
+        out.retransmission_sent_at = self.newest_retransmission.take();
         out
     }
 
@@ -299,6 +306,7 @@ impl Scoreboard {
     fn deliver(&mut self, now: Instant, seg: &SentSeg, newest: &mut Option<SentSeg>) {
         let rtt = now.saturating_duration_since(seg.sent_at);
         if seg.retransmitted {
+            self.newest_retransmission = self.newest_retransmission.max(Some(seg.sent_at));
             // "If the segment was retransmitted and ... the RTT is less
             // than RACK.min_RTT, the ACK was probably for the original
             // transmission": ambiguous, not used.

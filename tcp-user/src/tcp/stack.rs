@@ -1196,6 +1196,7 @@ impl Stack {
         conn: ConnId,
         algorithm: super::cc::Algorithm,
     ) -> Result<(), Error> {
+        use super::cc::CongestionControl as _;
         let c = self.conns.get_mut(&conn).ok_or(Error::NotFound)?;
         if let Some(snd) = c.tcb.snd_mut() {
             let from = (snd.cc.cwnd(), snd.cc.ssthresh());

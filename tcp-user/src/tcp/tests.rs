@@ -2300,10 +2300,15 @@ mod sack_rack_timestamps {
     fn a_spurious_timeout_is_detected_by_the_echo_and_undone() {
         let (mut p, c, our_ts) = open(true);
         let (top, probe_ts, _, cwnd) = timeout_after_lost_acks(&mut p, c, our_ts.unwrap());
+        let srtt = info(&p).srtt_us;
         p.advance(Duration::from_millis(1));
         p.ack_with(top, Some((130, probe_ts)), &[]);
         assert_eq!(counter(&p, "rto_undone"), 1);
         let i = info(&p);
+        // The ACK was drawn by the retransmission (it came 1 ms after it)
+        // but echoes the probe: no RTT sample, neither the 251 ms since the
+        // probe nor 1 ms (Karn's ambiguity, which the echo does not settle).
+        assert_eq!(i.srtt_us, srtt);
         assert!(!i.recovering);
         assert!(i.cwnd >= cwnd, "cwnd back: {} < {cwnd}", i.cwnd);
         // New data goes out with the window of before, not one segment.
@@ -2317,10 +2322,14 @@ mod sack_rack_timestamps {
     fn a_timeout_repaired_by_its_retransmission_is_not_undone() {
         let (mut p, c, our_ts) = open(true);
         let (top, _, retx_ts, cwnd) = timeout_after_lost_acks(&mut p, c, our_ts.unwrap());
+        let srtt = info(&p).srtt_us;
         p.advance(Duration::from_millis(1));
         p.ack_with(top, Some((130, retx_ts)), &[]);
         assert_eq!(counter(&p, "rto_undone"), 0);
         assert!(info(&p).cwnd < cwnd);
+        // The echo names the retransmission: the RTT is timed from it (1
+        // ms), not from the segments sent once that the ACK also covers.
+        assert_eq!(info(&p).srtt_us, srtt * 7 / 8 + 1000 / 8);
     }
 
     /// Fast recovery with a small window: the retransmission fills the
