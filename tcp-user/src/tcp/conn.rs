@@ -176,15 +176,17 @@ pub(crate) struct Send {
     /// After a first retransmission timeout with timestamps: the TSval of
     /// the retransmission (no earlier than this) and what the sender was
     /// before the timeout, to go back to if it proves spurious (RFC 3522
-    /// detection, RFC 4015 response).
-    pub rto_undo: Option<RtoUndo>,
+    /// detection, RFC 4015 response). Boxed, as is `recovery_undo`: each
+    /// holds a whole congestion controller, and an idle connection should
+    /// not carry two spare ones (an allocation per loss episode instead).
+    pub rto_undo: Option<Box<RtoUndo>>,
     /// Timeouts found spurious and undone.
     pub spurious_rtos: u64,
     /// The current or last loss episode of fast recovery (RACK): the
     /// sender before its reduction and what was retransmitted, to go back
     /// to if every retransmission proves unnecessary (RFC 3522 / RFC 3708
     /// detection, RFC 4015 response).
-    pub recovery_undo: Option<RecoveryUndo>,
+    pub recovery_undo: Option<Box<RecoveryUndo>>,
     /// Fast recoveries found spurious and undone.
     pub recoveries_undone: u64,
     /// A probe is out: (SND.MAX when it was sent, it was a retransmission).
@@ -588,13 +590,15 @@ impl Send {
                 if retransmission && self.recover.is_none() && !duplicate && !old_echo {
                     // A D-SACK of the probe arriving later still undoes
                     // the reduction (the episode of one retransmission).
-                    self.recovery_undo = probe.map(|(s, e, _)| RecoveryUndo {
-                        cc: self.cc.clone(),
-                        start: s,
-                        tsval: None,
-                        retx_high: Some(e),
-                        retx_left: e.diff(s).max(0) as usize,
-                        ts_checked: true,
+                    self.recovery_undo = probe.map(|(s, e, _)| {
+                        Box::new(RecoveryUndo {
+                            cc: self.cc.clone(),
+                            start: s,
+                            tsval: None,
+                            retx_high: Some(e),
+                            retx_left: e.diff(s).max(0) as usize,
+                            ts_checked: true,
+                        })
                     });
                     let flight = self.flight();
                     self.cc.on_congestion_event(now, flight);
@@ -680,14 +684,14 @@ impl Send {
         self.reorder_at = timer;
         if lost > 0 && self.recover.is_none() {
             let flight = self.flight();
-            self.recovery_undo = Some(RecoveryUndo {
+            self.recovery_undo = Some(Box::new(RecoveryUndo {
                 cc: self.cc.clone(),
                 start: self.snd_una,
                 tsval: None,
                 retx_high: None,
                 retx_left: 0,
                 ts_checked: false,
-            });
+            }));
             self.cc.on_congestion_event(now, flight);
             self.recover = Some(self.snd_max);
             self.tlp_end = None;
@@ -882,12 +886,12 @@ impl Send {
             // A timeout ends the loss episode: it has its own undo.
             self.recovery_undo = None;
             self.rto_undo = match self.ts_offset {
-                Some(offset) if self.retries == 1 => Some(RtoUndo {
+                Some(offset) if self.retries == 1 => Some(Box::new(RtoUndo {
                     tsval: tsval(now, offset),
                     cc: self.cc.clone(),
                     recover: self.recover,
                     rto_recovery: self.rto_recovery,
-                }),
+                })),
                 _ => None,
             };
             let flight = self.flight();
