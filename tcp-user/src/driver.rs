@@ -19,7 +19,8 @@
 //! snapshot, or a signal arrives. The core keeps
 //! its timers as data, so there is one wakeup however many connections.
 //!
-//! The wait is kept across turns ([`Waiter`]): one timer, re-armed only
+//! The wait is kept across turns ([`Waiter`]): one timer (a timerfd, for
+//! sub-millisecond deadlines; see `hrtimer`), re-armed only
 //! when the deadline the turn returned moves, one registration for the
 //! application's wake-ups, and signals, control requests and the log tick
 //! polled together ([`Events`]). With `--busy-poll` the loop never sleeps:
@@ -43,12 +44,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, Notify};
-use tokio::time::Sleep;
 
 use crate::afxdp::{XskConfig, XskSocket};
 use crate::api::Apps;
 use crate::control::{ControlServer, Request, Snapshot};
 use crate::frame::{self, TxHeaders, TCP_OFFSET};
+use crate::hrtimer::{DeadlineTimer, TimerSource};
 use crate::notify;
 use crate::pcap::PcapWriter;
 use crate::services::{Service, Services};
@@ -481,32 +482,37 @@ impl Events {
 /// The idle wait, kept across turns: one timer, re-armed only when the
 /// deadline moves, and one registration for the application's wake-ups,
 /// replaced only after it fired.
+///
+/// The timer is a timerfd in the running endpoint (sub-millisecond:
+/// tokio's timer wheel rounds up to the next millisecond, which turned a
+/// 2 ms tail-loss probe into a 3.2 ms stall) and tokio's sleep in the
+/// tests, which run on tokio's paused clock ([`TimerSource`]).
 struct Waiter<'a> {
     wake: &'a Notify,
     /// Enabled at once, so a wake-up while the driver is busy with a turn
     /// is kept for the next wait instead of lost.
     notified: Pin<Box<Notified<'a>>>,
-    sleep: Pin<Box<Sleep>>,
-    /// What `sleep` is armed for; None: no timer (`sleep` waits far off
-    /// and is not polled).
+    timer: DeadlineTimer,
+    /// What `timer` is armed for; None: no timer.
     armed: Option<tokio::time::Instant>,
-    /// How often `sleep` was re-armed.
+    /// How often `timer` was re-armed.
     rearms: u64,
 }
 
-/// Where the timer waits when there is no deadline.
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
-}
-
 impl<'a> Waiter<'a> {
+    /// A waiter on tokio's timer (the tests' paused clock).
+    #[cfg(test)]
     fn new(wake: &'a Notify) -> Waiter<'a> {
+        Waiter::with_timer(wake, TimerSource::Tokio)
+    }
+
+    fn with_timer(wake: &'a Notify, source: TimerSource) -> Waiter<'a> {
         let mut notified = Box::pin(wake.notified());
         notified.as_mut().enable();
         Waiter {
             wake,
             notified,
-            sleep: Box::pin(tokio::time::sleep_until(far_future())),
+            timer: DeadlineTimer::new(source),
             armed: None,
             rearms: 0,
         }
@@ -519,9 +525,7 @@ impl<'a> Waiter<'a> {
         }
         self.armed = deadline;
         self.rearms += 1;
-        self.sleep
-            .as_mut()
-            .reset(deadline.unwrap_or_else(far_future));
+        self.timer.set(deadline);
     }
 
     /// True when the application's wake-up fired; a fresh one is then
@@ -555,7 +559,7 @@ impl<'a> Waiter<'a> {
             if self.poll_notified(cx) {
                 return Poll::Ready(Wake::Notified);
             }
-            if self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
+            if self.timer.poll_due(cx) {
                 return Poll::Ready(Wake::Deadline);
             }
             Poll::Pending
@@ -589,7 +593,7 @@ impl Driver {
             .collect::<Result<_, _>>()
             .context("registering the AF_XDP sockets with tokio")?;
         let shared = self.shared();
-        let mut waiter = Waiter::new(&shared.wake);
+        let mut waiter = Waiter::with_timer(&shared.wake, self.timer_source());
         let mut events = Events::new(Some(signals), Some(requests));
 
         loop {
@@ -624,6 +628,17 @@ impl Driver {
         }
     }
 
+    /// The idle wait's timer: a timerfd, for sub-millisecond deadlines.
+    /// `--busy-poll` never waits while serving (each turn reads the clock),
+    /// and keeps tokio's timer for the drain on shutdown, as before.
+    fn timer_source(&self) -> TimerSource {
+        if self.busy_poll {
+            TimerSource::Tokio
+        } else {
+            TimerSource::TimerFd
+        }
+    }
+
     /// The half the application's handles share.
     pub(crate) fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
@@ -646,7 +661,7 @@ impl Driver {
             }
         };
         let shared = self.shared();
-        let mut waiter = Waiter::new(&shared.wake);
+        let mut waiter = Waiter::with_timer(&shared.wake, self.timer_source());
         let mut events = Events::new(None, None);
         while handles.strong_count() > 0 {
             let turn = self.turn();
@@ -1130,6 +1145,44 @@ mod tests {
             let wake = idle(&mut w, &mut ev, None).await;
             assert!(matches!(wake, Wake::LogTick), "{wake:?}");
             assert_eq!(TokioInstant::now() - t0, LOG_TICK);
+        }
+
+        /// On a timerfd and the real clock: the order of wake-ups, never
+        /// how late they come.
+        #[tokio::test]
+        async fn timerfd_wakes_not_before_the_deadline_nor_at_a_superseded_one() {
+            let notify = Arc::new(Notify::new());
+            let mut w = Waiter::with_timer(&notify, TimerSource::TimerFd);
+            assert_eq!(w.timer.source(), TimerSource::TimerFd);
+            let mut ev = Events::new(None, None);
+            // Sub-millisecond deadlines, none reported early.
+            for us in [40, 300, 1_500] {
+                let at = TokioInstant::now() + Duration::from_micros(us);
+                let wake = idle(&mut w, &mut ev, Some(at)).await;
+                assert!(matches!(wake, Wake::Deadline), "{wake:?}");
+                assert!(TokioInstant::now() >= at, "woke before the deadline");
+            }
+            // Armed for 2 ms, woken by the application, then moved to
+            // 20 ms: nothing at 2 ms (the kernel timer's early expiry is
+            // absorbed), the deadline at 20 ms.
+            let t0 = TokioInstant::now();
+            notify.notify_one();
+            let wake = idle(&mut w, &mut ev, Some(t0 + 2 * MS)).await;
+            assert!(matches!(wake, Wake::Notified), "{wake:?}");
+            let wake = idle(&mut w, &mut ev, Some(t0 + 20 * MS)).await;
+            assert!(matches!(wake, Wake::Deadline), "{wake:?}");
+            assert!(TokioInstant::now() >= t0 + 20 * MS);
+            // Armed, then no deadline: the application's wake-up (or the
+            // log tick) ends the wait, never the old deadline.
+            let t1 = TokioInstant::now();
+            w.arm(Some(t1 + MS));
+            let n = Arc::clone(&notify);
+            tokio::spawn(async move {
+                time::sleep(30 * MS).await;
+                n.notify_one();
+            });
+            let wake = idle(&mut w, &mut ev, None).await;
+            assert!(matches!(wake, Wake::Notified | Wake::LogTick), "{wake:?}");
         }
 
         #[tokio::test(start_paused = true)]

@@ -7,6 +7,7 @@
 //! - [`xdp`]: loads and attaches the embedded XDP program, owns its maps.
 //! - [`frame`]: Ethernet and IPv4 framing around TCP segments.
 //! - [`driver`]: the tokio driver joining all of the above.
+//! - `hrtimer`: the driver's sub-millisecond deadline timer (a timerfd).
 //! - [`api`]: the library API: `Endpoint`, `TcpListener`, `TcpStream`
 //!   (tokio `AsyncRead`/`AsyncWrite`).
 //! - [`netlink`]: routes and neighbours from the kernel (active opens).
@@ -23,6 +24,7 @@ pub mod control;
 pub mod diagram;
 pub mod driver;
 pub mod frame;
+mod hrtimer;
 pub mod iperf3;
 pub mod netlink;
 pub mod notify;
