@@ -1405,7 +1405,7 @@ mod flow_table_tests {
             let remote = if i.is_multiple_of(3) {
                 SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), 443)
             } else {
-                SocketAddrV4::new(Ipv4Addr::new(198, 18, 1 + (i % 5) as u8 * 64, 1), 9)
+                SocketAddrV4::new(Ipv4Addr::new(198, 18, 1 + (i % 5) as u8 * 50, 1), 9)
             };
             FourTuple { local, remote }
         };
