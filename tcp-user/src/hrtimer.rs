@@ -20,9 +20,9 @@
 //! one extra wake-up per expiry instead of one `timerfd_settime` per turn.
 //! A deadline moving earlier, and no deadline at all, re-program it at once.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -56,7 +56,9 @@ impl TimerFd {
     /// current tokio runtime, which must have its I/O driver enabled.
     pub(crate) fn new() -> io::Result<TimerFd> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(io::Error::other("no tokio runtime to register a timerfd with"));
+            return Err(io::Error::other(
+                "no tokio runtime to register a timerfd with",
+            ));
         }
         // Safety: timerfd_create takes no pointers; its result is checked
         // before use.
@@ -110,9 +112,8 @@ impl TimerFd {
         // Safety: the descriptor is an open timerfd owned by `self.fd`;
         // `spec` is a valid itimerspec that outlives the call, and a null
         // old-value pointer is allowed.
-        let r = unsafe {
-            libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut())
-        };
+        let r =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
         self.programs += 1;
         if r < 0 {
             return Err(io::Error::last_os_error());
@@ -340,7 +341,10 @@ mod tests {
             let at = Instant::now() + Duration::from_micros(us);
             fd.set(Some(at)).unwrap();
             expired(&mut fd).await;
-            assert!(Instant::now() >= at, "expired before the deadline ({us} µs)");
+            assert!(
+                Instant::now() >= at,
+                "expired before the deadline ({us} µs)"
+            );
             assert_eq!(fd.programmed(), None);
         }
     }

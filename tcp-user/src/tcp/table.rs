@@ -366,7 +366,10 @@ mod size {
     #[test]
     fn an_idle_connection_stays_under_2_kib() {
         let slot = std::mem::size_of::<Slot>();
-        eprintln!("slot {slot} bytes, conn {} bytes", std::mem::size_of::<Conn>());
+        eprintln!(
+            "slot {slot} bytes, conn {} bytes",
+            std::mem::size_of::<Conn>()
+        );
         assert!(slot <= 2048, "slot {slot}");
     }
 }

@@ -2210,12 +2210,14 @@ mod sack_rack_timestamps {
         assert_eq!(counter(&p, "tail_loss_probes"), 1, "{probe:?}");
         assert_eq!(counter(&p, "rto_expirations"), 0);
         // New data was waiting and the peer's window had room: the probe
-        // carries it (RFC 8985 §7.3), two full-sized segments so that a
-        // delayed-ACK receiver answers at once.
-        assert_eq!(probe.len(), 2, "{probe:?}");
+        // carries it (RFC 8985 §7.3), three full-sized segments so that a
+        // delayed-ACK receiver answers at once even if one is lost.
+        assert_eq!(probe.len(), 3, "{probe:?}");
         assert_eq!(probe[0].seq, top, "the probe is new data");
-        assert_eq!(probe[1].seq, probe[0].seq + probe[0].len);
-        let top = probe[1].seq + probe[1].len;
+        for w in probe.windows(2) {
+            assert_eq!(w[1].seq, w[0].seq + w[0].len);
+        }
+        let top = probe[2].seq + probe[2].len;
         // Its SACK, 10 ms later, shows everything before it missing: RACK
         // marks those lost and recovery resends them, still no timeout.
         p.advance(Duration::from_millis(10));
@@ -2230,10 +2232,11 @@ mod sack_rack_timestamps {
     /// peer got the whole flight, but the one ACK covering it was lost. A
     /// probe of one new segment would be a lone in-order full-sized
     /// segment, whose ACK a receiver may delay (RFC 5681 §4.2; Linux holds
-    /// it 40 ms and more, past a 20 ms RTO). The probe is two segments, so
-    /// the ACK is due at once and no timeout follows.
+    /// it 40 ms and more, past a 20 ms RTO). The probe is three segments,
+    /// so the ACK is due at once, even when one of them is lost, and no
+    /// timeout follows.
     #[test]
-    fn a_probe_of_new_data_is_two_full_segments_so_a_delayed_ack_peer_answers() {
+    fn a_probe_of_new_data_is_three_full_segments_so_a_delayed_ack_peer_answers() {
         let (mut p, c, our_ts) = open(true);
         p.stack.send(p.now, c, &[7; 48 * 1024]).unwrap();
         let first = out(&mut p);
@@ -2252,19 +2255,32 @@ mod sack_rack_timestamps {
         assert_eq!(counter(&p, "tail_loss_probes"), 1, "{probe:?}");
         assert_eq!(
             probe.iter().map(|s| (s.seq, s.len)).collect::<Vec<_>>(),
-            [(top, mss), (top + mss, mss)],
-            "two full-sized segments of new data"
+            [(top, mss), (top + mss, mss), (top + 2 * mss, mss)],
+            "three full-sized segments of new data"
         );
         // Nothing more goes until the probe is answered.
         assert!(out(&mut p).is_empty());
-        // Two full-sized segments: the peer acknowledges everything at once.
+        // The last one is lost; the first two are two full-sized segments
+        // in order: the peer acknowledges them at once.
         p.advance(Duration::from_millis(10));
         let end = top + 2 * mss;
         p.ack_with(end, Some((120, probe[1].ts.unwrap().0)), &[]);
         let more = out(&mut p);
-        assert!(!more.is_empty() && more[0].seq == end, "{more:?}");
+        assert!(!more.is_empty() && more[0].seq == end + mss, "{more:?}");
         assert_eq!(counter(&p, "rto_expirations"), 0);
         assert!(!info(&p).recovering);
+        // The peer's SACK of what follows shows the third probe segment
+        // missing: RACK resends it, still without a timeout.
+        p.advance(Duration::from_millis(10));
+        let sacked = more[0].seq + more[0].len;
+        p.ack_with(
+            end,
+            Some((130, more[0].ts.unwrap().0)),
+            &[(end + mss, sacked)],
+        );
+        let o = out(&mut p);
+        assert_eq!(o.first().map(|s| s.seq), Some(end), "{o:?}");
+        assert_eq!(counter(&p, "rto_expirations"), 0);
     }
 
     /// Everything sent arrives, but every ACK of it is lost, the probe's
