@@ -14,7 +14,7 @@ mod sim;
 
 use std::time::Duration;
 
-use sim::net::{GilbertElliott, Link, Side};
+use sim::net::{GilbertElliott, Link, Side, SimNet};
 use sim::transfer::{bulk, check_clean_bulk, check_clean_echo, echo, pattern, short_timers};
 use tcp_user::tcp::cc::Algorithm;
 use tcp_user::tcp::{Config, State};
@@ -682,6 +682,18 @@ fn echo_bursty() {
 // (RFC 3522) or the peer D-SACKs it: each such episode's reduction is
 // undone.
 
+/// `len` bytes from A to B, the data over `data` and the ACKs over a
+/// clean 10 ms link, with short timers; checked byte-exact and closed.
+fn clean_bulk_over(name: &str, seed: u64, len: usize, data: Link) -> SimNet {
+    let acks = Link {
+        latency: Duration::from_millis(10),
+        ..Link::default()
+    };
+    let (net, a, b) = bulk(name, seed, pattern(seed, len), [data, acks], short_timers());
+    check_clean_bulk(&net, &a, &b);
+    net
+}
+
 /// A 4 MiB transfer over a path that holds 2 % of data segments back by
 /// up to 15 ms (an RTT is 20 ms); nothing is lost.
 fn reordered_transfer(seed: u64) -> (u64, u64, u64) {
@@ -691,19 +703,7 @@ fn reordered_transfer(seed: u64) -> (u64, u64, u64) {
         reorder_by: Duration::from_millis(15),
         ..Link::default()
     };
-    let acks = Link {
-        latency: Duration::from_millis(10),
-        ..Link::default()
-    };
-    let name = format!("reorder-undo-{seed}");
-    let (net, a, b) = bulk(
-        &name,
-        seed,
-        pattern(seed, 4 << 20),
-        [data, acks],
-        short_timers(),
-    );
-    check_clean_bulk(&net, &a, &b);
+    let net = clean_bulk_over(&format!("reorder-undo-{seed}"), seed, 4 << 20, data);
     assert_eq!(net.stats[0].lost + net.stats[1].lost, 0);
     assert!(net.stats[0].reordered > 0);
     (
@@ -745,19 +745,7 @@ fn duplicates_below_rcv_nxt_draw_d_sacks_the_sender_ignores() {
             duplicate: 0.02,
             ..Link::default()
         };
-        let acks = Link {
-            latency: Duration::from_millis(10),
-            ..Link::default()
-        };
-        let name = format!("duplicate-dsack-{seed}");
-        let (net, a, b) = bulk(
-            &name,
-            seed,
-            pattern(seed, 1 << 20),
-            [data, acks],
-            short_timers(),
-        );
-        check_clean_bulk(&net, &a, &b);
+        let net = clean_bulk_over(&format!("duplicate-dsack-{seed}"), seed, 1 << 20, data);
         assert!(net.stats[0].duplicated > 0);
         assert!(net.counter(Side::B, "dup_below_rcv_nxt") > 0);
         assert_eq!(net.counter(Side::A, "fast_retransmits"), 0);

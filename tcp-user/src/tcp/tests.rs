@@ -2541,20 +2541,29 @@ mod sack_rack_timestamps {
         assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
     }
 
+    /// What `probe_of_a_delivered_segment` leaves: the peer 5 ms after the
+    /// probe, the probed segment `[start, end)`, the TSvals of its original
+    /// and of the probe, and cwnd before the probe.
+    struct DeliveredProbe {
+        p: Peer,
+        start: u32,
+        end: u32,
+        orig_ts: u32,
+        probe_ts: u32,
+        cwnd: usize,
+    }
+
     /// Four segments all arrive, the ACK of the last is delayed: the probe
-    /// resends the last segment. (Peer, the last segment's range, the
-    /// originals' TSval, the probe's TSval, cwnd before.)
-    fn probe_of_a_delivered_segment(
-        ts: bool,
-    ) -> (Peer, (u32, u32), Option<u32>, Option<u32>, usize) {
-        let (mut p, c, _) = open(ts);
+    /// resends the last segment.
+    fn probe_of_a_delivered_segment() -> DeliveredProbe {
+        let (mut p, c, _) = open(true);
         p.stack.send(p.now, c, &[7; 4 * 1448]).unwrap();
         let segs = out(&mut p);
         assert_eq!(segs.len(), 4);
         let last = segs.last().map(|s| (s.seq, s.len)).unwrap();
-        let orig_ts = segs[3].ts.map(|t| t.0);
+        let orig_ts = segs[3].ts.unwrap().0;
         p.advance(Duration::from_millis(10));
-        p.ack_with(segs[2].seq, orig_ts.map(|t| (110, t)), &[]);
+        p.ack_with(segs[2].seq, Some((110, orig_ts)), &[]);
         let _ = out(&mut p);
         let cwnd = info(&p).cwnd;
         p.advance(Duration::from_millis(25));
@@ -2564,30 +2573,47 @@ mod sack_rack_timestamps {
             [last]
         );
         assert_eq!(counter(&p, "tail_loss_probes"), 1);
-        let probe_ts = probe[0].ts.map(|t| t.0);
-        (p, last, orig_ts, probe_ts, cwnd)
+        let probe_ts = probe[0].ts.unwrap().0;
+        p.advance(Duration::from_millis(5));
+        DeliveredProbe {
+            p,
+            start: last.0,
+            end: last.0 + last.1,
+            orig_ts,
+            probe_ts,
+            cwnd,
+        }
     }
 
     /// RFC 8985 §7.4: the delayed ACK of the original echoes its TSval,
     /// older than the probe's: nothing was lost, no window reduction.
     #[test]
     fn a_probe_of_delivered_data_answered_by_an_old_echo_costs_no_reduction() {
-        let (mut p, last, orig_ts, _, cwnd) = probe_of_a_delivered_segment(true);
-        p.advance(Duration::from_millis(5));
-        let end = last.0 + last.1;
-        p.ack_with(end, Some((120, orig_ts.unwrap())), &[]);
+        let DeliveredProbe {
+            mut p,
+            end,
+            orig_ts,
+            cwnd,
+            ..
+        } = probe_of_a_delivered_segment();
+        p.ack_with(end, Some((120, orig_ts)), &[]);
         assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
     }
 
     /// The same told by a D-SACK of the probe.
     #[test]
     fn a_probe_of_delivered_data_d_sacked_costs_no_reduction() {
-        let (mut p, last, _, probe_ts, cwnd) = probe_of_a_delivered_segment(true);
-        p.advance(Duration::from_millis(5));
-        let end = last.0 + last.1;
+        let DeliveredProbe {
+            mut p,
+            start,
+            end,
+            probe_ts,
+            cwnd,
+            ..
+        } = probe_of_a_delivered_segment();
         // The echo is the probe's (the receiver took its TSval): only the
         // D-SACK says the probe was a duplicate.
-        p.ack_with(end, Some((120, probe_ts.unwrap())), &[(last.0, end)]);
+        p.ack_with(end, Some((120, probe_ts)), &[(start, end)]);
         assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
     }
 
@@ -2595,13 +2621,18 @@ mod sack_rack_timestamps {
     /// reduced; a D-SACK of the probe arriving later undoes that.
     #[test]
     fn a_probe_that_repaired_a_loss_reduces_the_window_until_d_sacked() {
-        let (mut p, last, _, probe_ts, cwnd) = probe_of_a_delivered_segment(true);
-        p.advance(Duration::from_millis(5));
-        let end = last.0 + last.1;
-        p.ack_with(end, Some((120, probe_ts.unwrap())), &[]);
+        let DeliveredProbe {
+            mut p,
+            start,
+            end,
+            probe_ts,
+            cwnd,
+            ..
+        } = probe_of_a_delivered_segment();
+        p.ack_with(end, Some((120, probe_ts)), &[]);
         assert!(info(&p).cwnd < cwnd, "{} >= {cwnd}", info(&p).cwnd);
         assert_eq!(counter(&p, "recovery_undone"), 0);
-        p.ack_with(end, Some((121, probe_ts.unwrap())), &[(last.0, end)]);
+        p.ack_with(end, Some((121, probe_ts)), &[(start, end)]);
         assert_eq!(counter(&p, "recovery_undone"), 1);
         assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
     }
