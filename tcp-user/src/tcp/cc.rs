@@ -41,68 +41,50 @@ impl Algorithm {
 
 /// The controller a connection holds: one of the algorithms, stored inline
 /// in the connection. A boxed trait object cost an allocation per
-/// connection and per loss episode (the undo snapshot), and a pointer
-/// chase to another cache line on every ACK.
+/// connection and a pointer chase to another cache line on every ACK.
 #[derive(Debug, Clone)]
 pub enum Controller {
     NewReno(NewReno),
     Cubic(Cubic),
 }
 
+/// Calls the same method on whichever algorithm the controller holds.
+macro_rules! each {
+    ($self:ident, $c:ident => $call:expr) => {
+        match $self {
+            Controller::NewReno($c) => $call,
+            Controller::Cubic($c) => $call,
+        }
+    };
+}
+
 impl CongestionControl for Controller {
     fn cwnd(&self) -> usize {
-        match self {
-            Controller::NewReno(c) => c.cwnd(),
-            Controller::Cubic(c) => c.cwnd(),
-        }
+        each!(self, c => c.cwnd())
     }
     fn ssthresh(&self) -> usize {
-        match self {
-            Controller::NewReno(c) => c.ssthresh(),
-            Controller::Cubic(c) => c.ssthresh(),
-        }
+        each!(self, c => c.ssthresh())
     }
     fn on_ack(&mut self, now: Instant, acked: usize, srtt: Option<Duration>) {
-        match self {
-            Controller::NewReno(c) => c.on_ack(now, acked, srtt),
-            Controller::Cubic(c) => c.on_ack(now, acked, srtt),
-        }
+        each!(self, c => c.on_ack(now, acked, srtt))
     }
     fn on_fast_retransmit(&mut self, now: Instant, flight: usize) {
-        match self {
-            Controller::NewReno(c) => c.on_fast_retransmit(now, flight),
-            Controller::Cubic(c) => c.on_fast_retransmit(now, flight),
-        }
+        each!(self, c => c.on_fast_retransmit(now, flight))
     }
     fn on_dup_ack_in_recovery(&mut self) {
-        match self {
-            Controller::NewReno(c) => c.on_dup_ack_in_recovery(),
-            Controller::Cubic(c) => c.on_dup_ack_in_recovery(),
-        }
+        each!(self, c => c.on_dup_ack_in_recovery())
     }
     fn on_partial_ack(&mut self, acked: usize) {
-        match self {
-            Controller::NewReno(c) => c.on_partial_ack(acked),
-            Controller::Cubic(c) => c.on_partial_ack(acked),
-        }
+        each!(self, c => c.on_partial_ack(acked))
     }
     fn on_recovery_end(&mut self, flight: usize) {
-        match self {
-            Controller::NewReno(c) => c.on_recovery_end(flight),
-            Controller::Cubic(c) => c.on_recovery_end(flight),
-        }
+        each!(self, c => c.on_recovery_end(flight))
     }
     fn on_rto(&mut self, now: Instant, flight: usize, repeated: bool) {
-        match self {
-            Controller::NewReno(c) => c.on_rto(now, flight, repeated),
-            Controller::Cubic(c) => c.on_rto(now, flight, repeated),
-        }
+        each!(self, c => c.on_rto(now, flight, repeated))
     }
     fn on_congestion_event(&mut self, now: Instant, flight: usize) {
-        match self {
-            Controller::NewReno(c) => c.on_congestion_event(now, flight),
-            Controller::Cubic(c) => c.on_congestion_event(now, flight),
-        }
+        each!(self, c => c.on_congestion_event(now, flight))
     }
 }
 

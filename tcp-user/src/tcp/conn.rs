@@ -172,8 +172,9 @@ pub(crate) struct Send {
     pub probe_at: Option<Instant>,
     /// The probe timer fired: the next transmission is a probe.
     pub tlp_pending: bool,
-    /// A probe of new data went out: one more full-sized segment follows
-    /// it, whatever cwnd says, so that the probe draws an immediate ACK.
+    /// A probe of new data went out: this many more full-sized segments
+    /// (up to two) follow it, whatever cwnd says, so that the probe draws
+    /// an immediate ACK even when one of them is lost.
     pub tlp_follow: u8,
     /// After a first retransmission timeout with timestamps: the TSval of
     /// the retransmission (no earlier than this) and what the sender was

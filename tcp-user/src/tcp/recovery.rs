@@ -107,9 +107,6 @@ pub struct Scoreboard {
     /// RACK.dsack_round: SND.NXT when the multiplier last grew; no more
     /// growth until SND.UNA passes it (one step per round trip).
     dsack_round: Option<SeqNum>,
-    /// Scratch for `on_ack`: the latest send time among the retransmitted
-    /// segments it delivers.
-    newest_retransmission: Option<Instant>,
 }
 
 /// RFC 8985 §6.2 step 4: "RACK.reo_wnd_persist = 16" after a D-SACK.
@@ -219,7 +216,7 @@ impl Scoreboard {
                 self.forget(&seg);
                 if !seg.sacked {
                     out.acked_retransmitted |= seg.retransmitted;
-                    self.deliver(now, &seg, &mut newest);
+                    self.deliver(now, &seg, &mut newest, &mut out);
                 }
             } else {
                 if front.start.lt(snd_una) {
@@ -229,7 +226,7 @@ impl Scoreboard {
                     front.start = snd_una;
                     if !seg.sacked {
                         out.acked_retransmitted |= seg.retransmitted;
-                        self.deliver(now, &seg, &mut newest);
+                        self.deliver(now, &seg, &mut newest, &mut out);
                     }
                     if seg.sacked {
                         self.sacked_bytes -= snd_una.diff(seg.start) as usize;
@@ -269,7 +266,7 @@ impl Scoreboard {
                     if !seg.retransmitted && self.highest_sacked.is_some_and(|h| h.gt(seg.end)) {
                         self.reordering_seen = true;
                     }
-                    self.deliver(now, &seg, &mut newest);
+                    self.deliver(now, &seg, &mut newest, &mut out);
                 }
                 i += 1;
             }
@@ -284,7 +281,6 @@ impl Scoreboard {
         out.rtt = newest
             .filter(|s| !s.retransmitted)
             .map(|s| now.saturating_duration_since(s.sent_at));
-        out.retransmission_sent_at = self.newest_retransmission.take();
         out
     }
 
@@ -303,10 +299,18 @@ impl Scoreboard {
 
     /// RFC 8985 §6.2 step 2, for one newly delivered segment: RACK follows
     /// the most recently sent delivered segment and its RTT.
-    fn deliver(&mut self, now: Instant, seg: &SentSeg, newest: &mut Option<SentSeg>) {
+    /// `out` learns the latest transmission time of the retransmitted
+    /// segments delivered.
+    fn deliver(
+        &mut self,
+        now: Instant,
+        seg: &SentSeg,
+        newest: &mut Option<SentSeg>,
+        out: &mut Delivery,
+    ) {
         let rtt = now.saturating_duration_since(seg.sent_at);
         if seg.retransmitted {
-            self.newest_retransmission = self.newest_retransmission.max(Some(seg.sent_at));
+            out.retransmission_sent_at = out.retransmission_sent_at.max(Some(seg.sent_at));
             // "If the segment was retransmitted and ... the RTT is less
             // than RACK.min_RTT, the ACK was probably for the original
             // transmission": ambiguous, not used.
