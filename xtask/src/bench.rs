@@ -160,6 +160,43 @@ pub struct BenchArgs {
     /// recorded in the JSON.
     #[arg(long, value_name = "PATH")]
     endpoint_bin: Option<PathBuf>,
+    /// Congestion control of both servers: the endpoint's `--congestion`
+    /// and the kernel's matching module (cubic, reno), so that a loss
+    /// workload compares recovery, not two different controllers.
+    #[arg(long, value_enum, default_value_t = Congestion::Cubic)]
+    congestion: Congestion,
+    /// The kernel's congestion control instead of the one matching
+    /// `--congestion` (e.g. `bbr`, a machine's default that ignores random
+    /// loss and has no endpoint counterpart); applies to every kernel TCP
+    /// in the bench, the client's too.
+    #[arg(long, value_name = "NAME")]
+    kernel_cc: Option<String>,
+}
+
+/// The congestion controls both servers have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Congestion {
+    Cubic,
+    /// NewReno: the kernel's `reno` (with SACK, as the endpoint's).
+    Newreno,
+}
+
+impl Congestion {
+    /// The endpoint's `--congestion` value.
+    fn endpoint_name(self) -> &'static str {
+        match self {
+            Congestion::Cubic => "cubic",
+            Congestion::Newreno => "newreno",
+        }
+    }
+
+    /// The kernel's module name.
+    fn kernel_name(self) -> &'static str {
+        match self {
+            Congestion::Cubic => "cubic",
+            Congestion::Newreno => "reno",
+        }
+    }
 }
 
 /// Which way the bulk data goes, seen from the client.
@@ -486,8 +523,11 @@ impl Server {
 /// What every run needs.
 struct Ctx {
     tcp_user: PathBuf,
-    /// `--endpoint-arg`s, appended to `tcp-user run`.
+    /// `--endpoint-arg`s, appended to `tcp-user run` (after `--congestion`).
     endpoint_args: Vec<String>,
+    /// The kernel server's and the client's congestion control, set on
+    /// every socket of the bulk and iperf3 workloads.
+    kernel_cc: String,
     xtask: PathBuf,
     out_dir: PathBuf,
 }
@@ -540,6 +580,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| root().join("target/bench/results.json"));
     let chart_path = json_path.with_file_name("chart.svg");
+    let kernel_cc = args
+        .kernel_cc
+        .clone()
+        .unwrap_or_else(|| args.congestion.kernel_name().to_owned());
     let ctx = Ctx {
         tcp_user: match &args.endpoint_bin {
             Some(p) => {
@@ -550,7 +594,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             }
             None => build(true)?,
         },
-        endpoint_args: args.endpoint_args.clone(),
+        kernel_cc: kernel_cc.clone(),
+        endpoint_args: std::iter::once(format!("--congestion={}", args.congestion.endpoint_name()))
+            .chain(args.endpoint_args.iter().cloned())
+            .collect(),
         xtask: crate::release_xtask()?,
         out_dir: root().join("target/bench"),
     };
@@ -560,6 +607,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
     let _topo = BenchTopology::create_with(!args.no_port_qdisc, !args.bridge_netfilter)?;
     let bridge_nf = bridge_netfilter_state();
+    check_kernel_congestion(&kernel_cc)?;
+    say(format!(
+        "congestion control: endpoint {}, kernel {kernel_cc}",
+        args.congestion.endpoint_name()
+    ));
     if !args.endpoint_args.is_empty() {
         say(format!(
             "endpoint: tcp-user run ... {}",
@@ -615,6 +667,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     topology["bridge_netfilter"] = bridge_nf;
     topology["endpoint_extra_args"] = json!(args.endpoint_args);
     topology["endpoint_bin"] = json!(ctx.tcp_user.display().to_string());
+    topology["congestion_control"] = json!({
+        "endpoint": args.congestion.endpoint_name(),
+        "kernel": kernel_cc,
+    });
     let doc = report::to_json(args.runs, &topology, &report);
     if let Some(dir) = json_path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -734,7 +790,8 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
             Kind::Ceiling { .. } => bail!("the reflection ceiling has no kernel run"),
             Kind::Bulk { .. } => {
                 let mut c = netns_cmd(NS_SRV, SRV_CPU, &ctx.xtask);
-                c.args(["bench-server", "--addr", &SRV_ADDR.to_string()]);
+                c.args(["bench-server", "--addr", &SRV_ADDR.to_string()])
+                    .args(["--congestion", &ctx.kernel_cc]);
                 ServerProc::start(
                     c,
                     &ctx.out_dir.join("kernel-server.log"),
@@ -775,6 +832,10 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
         Server::Endpoint => BTreeMap::new(),
         Server::Kernel => kernel_mib()?,
     };
+    let client_before = match w.kind {
+        Kind::Bulk { .. } => Some(mib_of(NS_CLI)?),
+        _ => None,
+    };
     let server_pid = &proc.pids();
     let veth_before = path_counters();
     let cpu_before = server_cpu_ns(server_pid)?;
@@ -782,7 +843,7 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
         Kind::Bulk {
             direction, bytes, ..
         } => {
-            let secs = run_client(*direction, *bytes, &ctx.xtask)?;
+            let secs = run_client(*direction, *bytes, ctx)?;
             let server_cpu_ms = cpu_ms_since(server_pid, cpu_before)?;
             let mib = *bytes as f64 / (1 << 20) as f64;
             RunResult::new(server_cpu_ms, load1)
@@ -793,7 +854,7 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
         Kind::Iperf {
             streams, reverse, ..
         } => {
-            let (bytes, secs, detail) = run_iperf3(*streams, *reverse, w)?;
+            let (bytes, secs, detail) = run_iperf3(*streams, *reverse, w, &ctx.kernel_cc)?;
             let server_cpu_ms = cpu_ms_since(server_pid, cpu_before)?;
             let mib = bytes as f64 / (1 << 20) as f64;
             let mut r = RunResult::new(server_cpu_ms, load1)
@@ -840,6 +901,9 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
         Server::Endpoint => endpoint_counters(&ctx.tcp_user, &control)?,
         Server::Kernel => kernel_counters(&before, &kernel_mib()?),
     };
+    if let Some(b) = client_before {
+        r.counters.extend(client_counters(&b, &mib_of(NS_CLI)?));
+    }
     for (k, v) in path_counters() {
         let d = v.saturating_sub(veth_before.get(&k).copied().unwrap_or(0));
         r.counters.insert(k, d);
@@ -1023,9 +1087,10 @@ fn output_within(mut c: Command, budget: Duration, what: &str) -> Result<std::pr
     }
 }
 
-fn run_client(direction: Direction, bytes: u64, xtask: &Path) -> Result<f64> {
-    let mut c = netns_cmd(NS_CLI, CLI_CPU, xtask);
+fn run_client(direction: Direction, bytes: u64, ctx: &Ctx) -> Result<f64> {
+    let mut c = netns_cmd(NS_CLI, CLI_CPU, &ctx.xtask);
     c.args(["bench-client", "--addr", &SRV_ADDR.to_string()])
+        .args(["--congestion", &ctx.kernel_cc])
         .args(["--direction", direction.name()])
         .args(["--bytes", &bytes.to_string()]);
     let out = output_within(c, Duration::from_secs(600), "bench-client")?;
@@ -1047,9 +1112,17 @@ fn run_client(direction: Direction, bytes: u64, xtask: &Path) -> Result<f64> {
 
 /// Stock `iperf3 -c -J` in the client namespace: bytes the receiver got,
 /// seconds, and the interesting part of its report.
-fn run_iperf3(streams: u32, reverse: bool, w: &Workload) -> Result<(u64, f64, Value)> {
+fn run_iperf3(
+    streams: u32,
+    reverse: bool,
+    w: &Workload,
+    congestion: &str,
+) -> Result<(u64, f64, Value)> {
     let mut c = netns_cmd(NS_CLI, CLI_CPU, Path::new("iperf3"));
+    // -C: the client's sockets and, through the parameters it sends, the
+    // server's (iperf3 -s applies them to its data sockets).
     c.args(["-c", &SRV_ADDR.to_string(), "-p", &PORT_IPERF3.to_string()])
+        .args(["-C", congestion])
         .args(["-t", &format!("{}", w.secs), "-P", &streams.to_string()])
         .args(["-J", "--connect-timeout", "5000"]);
     if reverse {
@@ -1443,6 +1516,54 @@ fn set_tx_offload(client: bool, server: bool) -> Result<()> {
     Ok(())
 }
 
+/// Fails unless the kernel has congestion control `name` (loading its
+/// module if it is one); a socket may then use it whatever the machine's
+/// default and allowed list (setsockopt as root, set_congestion).
+fn check_kernel_congestion(name: &str) -> Result<()> {
+    const AVAILABLE: &str = "/proc/sys/net/ipv4/tcp_available_congestion_control";
+    let has = || {
+        let list = std::fs::read_to_string(AVAILABLE).unwrap_or_default();
+        (list.split_whitespace().any(|a| a == name), list)
+    };
+    if !has().0 {
+        let _ = Command::new("modprobe")
+            .arg(format!("tcp_{name}"))
+            .stderr(Stdio::null())
+            .status();
+    }
+    match has() {
+        (true, _) => Ok(()),
+        (false, list) => bail!(
+            "the kernel has no congestion control {name:?} (available: {})",
+            list.trim()
+        ),
+    }
+}
+
+/// Sets a kernel socket's congestion control (TCP_CONGESTION); one that
+/// is not in net.ipv4.tcp_allowed_congestion_control needs CAP_NET_ADMIN,
+/// which the bench's processes have.
+fn set_congestion(socket: &impl std::os::fd::AsRawFd, name: &str) -> Result<()> {
+    // Safety: passes a pointer to the name's bytes and their length; the
+    // kernel copies at most that many.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        bail!(
+            "setting congestion control {name:?}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 /// The endpoint's core counters (`tcp-user stat --json`).
 fn endpoint_counters(tcp_user: &Path, control: &Path) -> Result<BTreeMap<String, u64>> {
     let out = Command::new(tcp_user)
@@ -1504,22 +1625,27 @@ fn sum_afxdp(afxdp: &Value, c: &mut BTreeMap<String, u64>) {
     }
 }
 
-/// The server namespace's TCP MIB (`/proc/net/snmp` and `netstat`, which
-/// are per network namespace), as "Tcp.RetransSegs", "TcpExt.TCPTimeouts", ...
+/// The server namespace's TCP MIB.
 fn kernel_mib() -> Result<BTreeMap<String, u64>> {
+    mib_of(NS_SRV)
+}
+
+/// A namespace's TCP MIB (`/proc/net/snmp` and `netstat`, which are per
+/// network namespace), as "Tcp.RetransSegs", "TcpExt.TCPTimeouts", ...
+fn mib_of(ns: &str) -> Result<BTreeMap<String, u64>> {
     let out = Command::new("ip")
         .args([
             "netns",
             "exec",
-            NS_SRV,
+            ns,
             "cat",
             "/proc/net/snmp",
             "/proc/net/netstat",
         ])
         .output()
-        .context("reading the server namespace's TCP counters")?;
+        .with_context(|| format!("reading {ns}'s TCP counters"))?;
     if !out.status.success() {
-        bail!("reading /proc/net/snmp in {NS_SRV} failed");
+        bail!("reading /proc/net/snmp in {ns} failed");
     }
     Ok(parse_mib(&String::from_utf8_lossy(&out.stdout)))
 }
@@ -1571,15 +1697,30 @@ fn kernel_counters(
     // Segments, GSO/GRO segments counted one by one, like the endpoint's.
     c.insert("segments_in".to_owned(), delta("Tcp.InSegs"));
     c.insert("segments_out".to_owned(), delta("Tcp.OutSegs"));
-    for k in [
-        "TcpExt.TCPLossProbes",
-        "TcpExt.TCPSackRecovery",
-        "TcpExt.TCPRenoRecovery",
-        "TcpExt.TCPSACKReorder",
-    ] {
-        c.insert(k.to_owned(), delta(k));
+    // Every other TcpExt counter that moved (undo, reordering, DSACK, ...):
+    // which of the kernel's heuristics acted in the run.
+    for k in after.keys().filter(|k| k.starts_with("TcpExt.")) {
+        if delta(k) != 0 {
+            c.insert(k.clone(), delta(k));
+        }
     }
     c
+}
+
+/// The client's counters over one bulk run, for either server: the
+/// sender's view in an upload (its retransmissions, timeouts, undos), as
+/// "client.Tcp.RetransSegs" and every "client.TcpExt.*" that moved.
+fn client_counters(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter(|(k, _)| k.starts_with("TcpExt.") || *k == "Tcp.RetransSegs")
+        .map(|(k, v)| (k, v.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .filter(|&(_, d)| d != 0)
+        .map(|(k, d)| (format!("client.{k}"), d))
+        .collect()
 }
 
 pub(crate) fn load_average() -> f64 {
@@ -2045,8 +2186,9 @@ impl Drop for LossRules {
 type ServeFn = fn(TcpStream) -> std::io::Result<()>;
 
 /// Serves echo, discard and chargen on the kernel's TCP, one thread per
-/// connection, until killed.
-pub fn server(addr: Ipv4Addr) -> Result<()> {
+/// connection, until killed; every connection with congestion control
+/// `congestion` (the namespace's default when `None`).
+pub fn server(addr: Ipv4Addr, congestion: Option<&str>) -> Result<()> {
     let services: [(u16, ServeFn); 3] = [
         (PORT_ECHO, serve_echo),
         (PORT_DISCARD, serve_discard),
@@ -2056,6 +2198,10 @@ pub fn server(addr: Ipv4Addr) -> Result<()> {
     for (port, f) in services {
         let l = TcpListener::bind(SocketAddrV4::new(addr, port))
             .with_context(|| format!("binding {addr}:{port}"))?;
+        // Accepted connections inherit the listener's.
+        if let Some(cc) = congestion {
+            set_congestion(&l, cc)?;
+        }
         listeners.push((l, f));
     }
     println!("READY addr={addr} ports={PORT_ECHO},{PORT_DISCARD},{PORT_CHARGEN}");
@@ -2162,12 +2308,22 @@ fn matches(pattern: &[u8], period: usize, pos: &mut usize, mut data: &[u8]) -> b
 }
 
 /// Runs one transfer and prints `RESULT secs=S` (from the start of the
-/// connect to the end of the transfer).
-pub fn client(addr: Ipv4Addr, direction: Direction, bytes: u64) -> Result<()> {
+/// connect to the end of the transfer), with congestion control
+/// `congestion` (the namespace's default when `None`).
+pub fn client(
+    addr: Ipv4Addr,
+    direction: Direction,
+    bytes: u64,
+    congestion: Option<&str>,
+) -> Result<()> {
     let target = SocketAddrV4::new(addr, direction.port());
     let start = Instant::now();
     let s = TcpStream::connect_timeout(&target.into(), Duration::from_secs(10))
         .with_context(|| format!("connecting to {target}"))?;
+    // Set before the first byte is sent: the handshake sends no data.
+    if let Some(cc) = congestion {
+        set_congestion(&s, cc)?;
+    }
     s.set_read_timeout(Some(STALL_TIMEOUT))?;
     s.set_write_timeout(Some(STALL_TIMEOUT))?;
     match direction {
@@ -2329,6 +2485,19 @@ mod tests {
         assert_eq!(c["rto_expirations"], 3);
         assert_eq!(c["fast_retransmits"], 0);
         assert!(!c.contains_key("nonsense"));
+        // Any other TcpExt counter that moved is there, one that did not is not.
+        let after = parse_mib("TcpExt: TCPFullUndo TCPTimeouts\nTcpExt: 3 1\n");
+        let c = kernel_counters(&before, &after);
+        assert_eq!(c["TcpExt.TCPFullUndo"], 3);
+        assert!(!c.contains_key("TcpExt.TCPTimeouts"));
+        let c = client_counters(
+            &parse_mib("Tcp: RetransSegs InSegs\nTcp: 5 1\nTcpExt: TCPTimeouts\nTcpExt: 1\n"),
+            &parse_mib("Tcp: RetransSegs InSegs\nTcp: 7 9\nTcpExt: TCPTimeouts\nTcpExt: 1\n"),
+        );
+        assert_eq!(
+            c.into_iter().collect::<Vec<_>>(),
+            [("client.Tcp.RetransSegs".to_owned(), 2)]
+        );
         // Garbage is skipped, not a panic.
         assert!(parse_mib("nonsense\nTcp: x\nIp: 1 2\n").is_empty());
     }
@@ -2551,6 +2720,8 @@ pub(crate) mod tests_support {
             bridge_netfilter: false,
             endpoint_args: Vec::new(),
             endpoint_bin: None,
+            congestion: super::Congestion::Cubic,
+            kernel_cc: None,
         }
     }
 }

@@ -91,6 +91,9 @@ enum Cmd {
         /// With --epoll: a process started by the first one.
         #[arg(long)]
         worker: bool,
+        /// Congestion control of the bulk services' connections.
+        #[arg(long)]
+        congestion: Option<String>,
     },
     /// The request/response load generator of the benchmark (run by `bench`).
     #[command(hide = true)]
@@ -104,6 +107,9 @@ enum Cmd {
         direction: bench::Direction,
         #[arg(long)]
         bytes: u64,
+        /// Congestion control of the connection.
+        #[arg(long)]
+        congestion: Option<String>,
     },
     /// The reflection ceiling: `tcp-user reflect` on the bench topology
     /// (see bench_reflect.rs; root required).
@@ -143,20 +149,25 @@ fn main() -> ExitCode {
         Cmd::Install { root } => setup().and_then(|_| install(&root)),
         Cmd::Bench(args) => setup().and_then(|_| bench::bench(args)),
         Cmd::BenchServer {
-            addr, epoll: false, ..
-        } => bench::server(addr),
+            addr,
+            epoll: false,
+            congestion,
+            ..
+        } => bench::server(addr, congestion.as_deref()),
         Cmd::BenchServer {
             addr,
             epoll: true,
             procs,
             worker,
+            ..
         } => loadgen::epoll_echo_server(addr, 7, procs, worker),
         Cmd::BenchLoad(args) => loadgen::load(args),
         Cmd::BenchClient {
             addr,
             direction,
             bytes,
-        } => bench::client(addr, direction, bytes),
+            congestion,
+        } => bench::client(addr, direction, bytes, congestion.as_deref()),
         Cmd::BenchReflect(args) => setup().and_then(|_| bench_reflect::bench_reflect(args)),
         Cmd::BenchReflectGen(args) => bench_reflect::generator(args),
     };

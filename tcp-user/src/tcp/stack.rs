@@ -12,8 +12,8 @@ use siphasher::sip::SipHasher24;
 use tcp_common::tcp_flags::{ACK, FIN, RST, SYN};
 
 use super::conn::{
-    CloseWait, Conn, EmitStats, Established, Recv, Send, SynReceived, SynSent, Tcb, TimerKind,
-    Timestamps, PAWS_IDLE,
+    delayed_ack_timeout, CloseWait, Conn, EmitStats, Established, Recv, Send, SynReceived, SynSent,
+    Tcb, TimerKind, Timestamps, PAWS_IDLE,
 };
 use super::seq::SeqNum;
 use super::table::{ConnTable, TimerHeap};
@@ -759,6 +759,7 @@ impl Stack {
 
         // Seventh, process the segment text.
         let receives = c.tcb.receives_data();
+        let ack_delay = delayed_ack_timeout(cfg.delayed_ack, c.tcb.snd().and_then(|s| s.srtt));
         let rcv = c.tcb.rcv_mut().expect("synchronized");
         let mut fin_in_order = seg.has(FIN);
         if !seg.payload.is_empty() {
@@ -810,11 +811,11 @@ impl Stack {
                         rcv.unacked_segs += 1;
                         // RFC 1122 §4.2.3.2 / RFC 5681 §4.2: ACK at least
                         // every second full-sized segment, else within the
-                        // delayed-ACK timeout.
+                        // delayed-ACK timeout (bounded by the RTT).
                         if rcv.unacked_segs >= 2 || skip > 0 {
                             rcv.ack_now = true;
                         } else if rcv.ack_at.is_none() {
-                            rcv.ack_at = Some(now + cfg.delayed_ack);
+                            rcv.ack_at = Some(now + ack_delay);
                         }
                     }
                 } else {

@@ -210,6 +210,28 @@ fn one_segment_gets_a_delayed_ack_two_get_an_immediate_one() {
 }
 
 #[test]
+fn a_lone_segment_waits_for_its_ack_no_longer_than_the_round_trip() {
+    // (handshake RTT, the ACK's delay): one SRTT, at least 1 ms, at most
+    // the configured 40 ms.
+    for (rtt_us, delay_us) in [(200, 1_000), (5_000, 5_000), (100_000, 40_000)] {
+        let mut p = Peer::new();
+        p.send_full(SYN, PEER_ISS, 0, 65535, &[], Some(1460), PORT);
+        p.seq = PEER_ISS + 1;
+        let synack = p.one();
+        p.ack = synack.seq.wrapping_add(1);
+        p.advance(Duration::from_micros(rtt_us));
+        p.send(ACK, &[]);
+        assert_eq!(p.stack.connections()[0].state, State::Established);
+        p.send(ACK, &[1; 100]);
+        p.advance(Duration::from_micros(delay_us - 1));
+        assert!(p.outputs().is_empty(), "RTT {rtt_us} µs: ACK held");
+        p.advance(Duration::from_micros(1));
+        let o = p.one();
+        assert_eq!((o.flags, o.ack), (ACK, p.seq), "RTT {rtt_us} µs");
+    }
+}
+
+#[test]
 fn duplicate_and_out_of_order_data_is_acked_not_delivered() {
     let (mut p, c) = Peer::established();
     let start = p.seq;
