@@ -26,7 +26,7 @@
 //! max_rto_ms = 120000
 //! max_retries = 15
 //! syn_retries = 6
-//! delayed_ack_ms = 40
+//! delayed_ack_ms = 40        # at most one SRTT (at least 1 ms) once one is known
 //! recv_buffer = 1048576
 //! send_buffer = 1048576
 //! max_connections = 100000

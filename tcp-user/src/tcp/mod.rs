@@ -163,7 +163,8 @@ pub struct Config {
     pub recv_buffer: usize,
     /// Send buffer per connection, bytes.
     pub send_buffer: usize,
-    /// Delayed-ACK timeout.
+    /// Delayed-ACK timeout: the longest; a connection with an SRTT waits
+    /// at most that long (at least 1 ms, `conn::delayed_ack_timeout`).
     pub delayed_ack: Duration,
     /// Maximum number of connections (all states).
     pub max_connections: usize,
