@@ -584,6 +584,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .kernel_cc
         .clone()
         .unwrap_or_else(|| args.congestion.kernel_name().to_owned());
+    // Before anything is built or created: a bad name fails at once.
+    check_kernel_congestion(&kernel_cc)?;
     let ctx = Ctx {
         tcp_user: match &args.endpoint_bin {
             Some(p) => {
@@ -607,7 +609,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
 
     let _topo = BenchTopology::create_with(!args.no_port_qdisc, !args.bridge_netfilter)?;
     let bridge_nf = bridge_netfilter_state();
-    check_kernel_congestion(&kernel_cc)?;
     say(format!(
         "congestion control: endpoint {}, kernel {kernel_cc}",
         args.congestion.endpoint_name()
