@@ -58,7 +58,7 @@ const MIN_PROBE_TIMEOUT: Duration = Duration::from_micros(500);
 /// ([`delayed_ack_timeout`]): Linux's probe timeout for a flight of
 /// several segments is two SRTTs plus 2 ms (two jiffies), so an ACK held
 /// for less still beats the probe of a Linux sender on any path.
-pub const MIN_DELAYED_ACK: Duration = Duration::from_millis(1);
+const MIN_DELAYED_ACK: Duration = Duration::from_millis(1);
 
 /// How long the ACK of a lone in-order segment may wait: the configured
 /// timeout (RFC 1122 §4.2.3.2, RFC 5681 §4.2), but no longer than one
@@ -69,9 +69,9 @@ pub const MIN_DELAYED_ACK: Duration = Duration::from_millis(1);
 /// timeout. Held for the full 40 ms on a path of microseconds, the ACK
 /// cost a Linux client a 40 ms stall, a 40 ms RTT sample that paced its
 /// next segments milliseconds apart, and, when the late ACK was lost
-/// too, its 200 ms RTO (upload at 1 % loss: one RTO per 16 MiB run,
-/// against 0.1 for the kernel receiver, whose delayed ACK its 20 ms
-/// route rto_min bounds). Linux bounds its delay by the RTT as well,
+/// too, its 200 ms RTO (upload at 1 % loss: one client RTO per 16 MiB
+/// run, against 0.1 with the kernel receiving). Linux bounds its delay by
+/// the RTT as well,
 /// with a 40 ms floor that its jiffy timers need and a timerfd does not.
 /// Request/response loses nothing: the response carries the ACK as soon
 /// as the application writes it.

@@ -2611,51 +2611,51 @@ mod sack_rack_timestamps {
     /// older than the probe's: nothing was lost, no window reduction.
     #[test]
     fn a_probe_of_delivered_data_answered_by_an_old_echo_costs_no_reduction() {
-        let DeliveredProbe {
-            mut p,
-            end,
-            orig_ts,
-            cwnd,
-            ..
-        } = probe_of_a_delivered_segment();
-        p.ack_with(end, Some((120, orig_ts)), &[]);
-        assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
+        let mut d = probe_of_a_delivered_segment();
+        d.p.ack_with(d.end, Some((120, d.orig_ts)), &[]);
+        assert!(
+            info(&d.p).cwnd >= d.cwnd,
+            "{} < {}",
+            info(&d.p).cwnd,
+            d.cwnd
+        );
     }
 
     /// The same told by a D-SACK of the probe.
     #[test]
     fn a_probe_of_delivered_data_d_sacked_costs_no_reduction() {
-        let DeliveredProbe {
-            mut p,
-            start,
-            end,
-            probe_ts,
-            cwnd,
-            ..
-        } = probe_of_a_delivered_segment();
+        let mut d = probe_of_a_delivered_segment();
         // The echo is the probe's (the receiver took its TSval): only the
         // D-SACK says the probe was a duplicate.
-        p.ack_with(end, Some((120, probe_ts)), &[(start, end)]);
-        assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
+        d.p.ack_with(d.end, Some((120, d.probe_ts)), &[(d.start, d.end)]);
+        assert!(
+            info(&d.p).cwnd >= d.cwnd,
+            "{} < {}",
+            info(&d.p).cwnd,
+            d.cwnd
+        );
     }
 
     /// The probe repaired a loss (the echo is its own): the window is
     /// reduced; a D-SACK of the probe arriving later undoes that.
     #[test]
     fn a_probe_that_repaired_a_loss_reduces_the_window_until_d_sacked() {
-        let DeliveredProbe {
-            mut p,
-            start,
-            end,
-            probe_ts,
-            cwnd,
-            ..
-        } = probe_of_a_delivered_segment();
-        p.ack_with(end, Some((120, probe_ts)), &[]);
-        assert!(info(&p).cwnd < cwnd, "{} >= {cwnd}", info(&p).cwnd);
-        assert_eq!(counter(&p, "recovery_undone"), 0);
-        p.ack_with(end, Some((121, probe_ts)), &[(start, end)]);
-        assert_eq!(counter(&p, "recovery_undone"), 1);
-        assert!(info(&p).cwnd >= cwnd, "{} < {cwnd}", info(&p).cwnd);
+        let mut d = probe_of_a_delivered_segment();
+        d.p.ack_with(d.end, Some((120, d.probe_ts)), &[]);
+        assert!(
+            info(&d.p).cwnd < d.cwnd,
+            "{} >= {}",
+            info(&d.p).cwnd,
+            d.cwnd
+        );
+        assert_eq!(counter(&d.p, "recovery_undone"), 0);
+        d.p.ack_with(d.end, Some((121, d.probe_ts)), &[(d.start, d.end)]);
+        assert_eq!(counter(&d.p, "recovery_undone"), 1);
+        assert!(
+            info(&d.p).cwnd >= d.cwnd,
+            "{} < {}",
+            info(&d.p).cwnd,
+            d.cwnd
+        );
     }
 }
