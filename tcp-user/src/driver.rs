@@ -1,7 +1,7 @@
-//! The tokio driver: the thin layer that joins the XDP program, the AF_XDP
+//! The driver: the thin layer that joins the XDP program, the AF_XDP
 //! sockets and the sans-IO TCP core.
 //!
-//! One task owns the sockets. The core, the built-in services, the XDP
+//! One loop owns the sockets. The core, the built-in services, the XDP
 //! maps and the state of the library API's handles live in one [`Core`]
 //! behind a mutex that the driver takes once per turn and an application
 //! task takes once per read, write, accept or connect (never across an
@@ -14,25 +14,31 @@
 //!    frame (the core writes at the TCP offset, the driver adds Ethernet and
 //!    IPv4 headers in front) and kicks the TX ring once per batch,
 //!
-//! then sleeps until a socket is readable, the core's earliest timer is due,
-//! an application handle has queued work, a control client asks for a
-//! snapshot, or a signal arrives. The core keeps
-//! its timers as data, so there is one wakeup however many connections.
+//! then sleeps until a socket is readable or the core's earliest timer is
+//! due, or something else needs the loop. The core keeps its timers as
+//! data, so there is one wakeup however many connections. With
+//! `--busy-poll` the loop never sleeps: each turn first makes a
+//! non-blocking recvfrom on every socket that has a NAPI id, with which the
+//! kernel busy-polls the device (SO_PREFER_BUSY_POLL, SO_BUSY_POLL,
+//! SO_BUSY_POLL_BUDGET are set on each socket).
 //!
-//! The wait is kept across turns ([`Waiter`]): one timer (a timerfd, for
-//! sub-millisecond deadlines; see `hrtimer`), re-armed only
-//! when the deadline the turn returned moves, one registration for the
-//! application's wake-ups, and signals, control requests and the log tick
-//! polled together ([`Events`]). With `--busy-poll` the loop never sleeps:
-//! between turns it only lets the runtime's other tasks run, and each turn
-//! first makes a non-blocking recvfrom on every socket that has a NAPI id,
-//! with which the kernel busy-polls the device (SO_PREFER_BUSY_POLL,
-//! SO_BUSY_POLL, SO_BUSY_POLL_BUDGET are set on each socket).
+//! Where it sleeps depends on who else runs there:
+//!
+//! - `tcp-user run` ([`run`]): the loop has the calling thread to itself
+//!   and sleeps in the kernel (`park`: one epoll set over the sockets and a
+//!   mailbox, the deadline as the timeout). Control requests and signals
+//!   arrive as letters from a control thread that runs the control socket
+//!   and the signal handlers on tokio.
+//! - The library API: the loop is a tokio task beside the application's
+//!   and sleeps in tokio ([`Waiter`]): one timer (a timerfd, for
+//!   sub-millisecond deadlines; see `hrtimer`), re-armed only when the
+//!   deadline the turn returned moves, one registration for the
+//!   application's wake-ups, and the log tick ([`Events`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -43,7 +49,7 @@ use anyhow::{bail, Context as _};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::futures::Notified;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::afxdp::{XskConfig, XskSocket};
 use crate::api::Apps;
@@ -51,6 +57,7 @@ use crate::control::{ControlServer, Request, Snapshot};
 use crate::frame::{self, TxHeaders, TCP_OFFSET};
 use crate::hrtimer::{DeadlineTimer, TimerSource};
 use crate::notify;
+use crate::park::{Letter, Mailbox, Parker};
 use crate::pcap::PcapWriter;
 use crate::services::{Service, Services};
 use crate::tcp::{self, Instant, Stack};
@@ -185,8 +192,12 @@ impl Clock {
     pub(crate) fn now(&self) -> Instant {
         Instant::from_micros(self.0.elapsed().as_micros() as u64)
     }
+    /// The core's instant `at` on the std clock.
+    fn at(&self, at: Instant) -> std::time::Instant {
+        self.0 + Duration::from_micros(at.as_micros())
+    }
     fn deadline(&self, at: Instant) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.0 + Duration::from_micros(at.as_micros()))
+        tokio::time::Instant::from_std(self.at(at))
     }
 }
 
@@ -200,6 +211,10 @@ struct DriverCounters {
     tx_no_peer_mac: u64,
     tx_ring_full_waits: u64,
     turns: u64,
+    /// `tcp-user run`: waits that slept, and how often their kernel timer
+    /// was programmed.
+    parks: u64,
+    timer_programs: u64,
 }
 
 impl DriverCounters {
@@ -212,6 +227,8 @@ impl DriverCounters {
             ("tx_no_peer_mac", self.tx_no_peer_mac),
             ("tx_ring_full_waits", self.tx_ring_full_waits),
             ("turns", self.turns),
+            ("parks", self.parks),
+            ("timer_programs", self.timer_programs),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -292,12 +309,126 @@ pub(crate) struct Driver {
 
 /// Runs the endpoint until SIGINT or SIGTERM. `ready` is called once when
 /// XDP is attached and the listeners are up.
+///
+/// The driver runs on the calling thread, parked in the kernel between
+/// turns (see `park`); the control socket and the signal handlers run on a
+/// tokio runtime on a thread of their own and post to its mailbox.
 pub fn run(cfg: RunConfig, ready: impl FnOnce(&Interface, &[u16])) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    rt.block_on(run_async(cfg, ready))
+    let control_socket = cfg.control_socket.clone();
+    let (mut driver, ports) = start(cfg)?;
+    let mailbox = Arc::new(Mailbox::new().context("creating the driver's mailbox")?);
+    // The handlers exist before anyone is told we are ready: a SIGTERM
+    // right after READY must drain and exit 0, not kill the process.
+    let control = ControlThread::spawn(control_socket, Arc::clone(&mailbox))?;
+    ready(&driver.iface, &ports);
+    let ports_text: Vec<String> = ports.iter().map(u16::to_string).collect();
+    if let Err(e) = notify::notify(&format!(
+        "READY=1\nSTATUS=serving {} on {} ports {}",
+        driver.iface.addr,
+        driver.iface.name,
+        ports_text.join(",")
+    )) {
+        tracing::warn!("could not notify systemd: {e}");
+    }
+    let served = driver.serve(&mailbox);
+    control.stop();
+    served
+}
+
+/// The control socket and the signal handlers of `tcp-user run`, on a
+/// current-thread tokio runtime of their own: they post control requests
+/// and stop requests to the driver's mailbox.
+struct ControlThread {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlThread {
+    /// Starts the thread; returns once the control socket is bound and the
+    /// signal handlers are installed (or with the error that prevented it).
+    fn spawn(path: PathBuf, mailbox: Arc<Mailbox>) -> anyhow::Result<ControlThread> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("tcp-user-control".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::Error::new(e)
+                            .context("starting the control thread's tokio runtime")));
+                        return;
+                    }
+                };
+                rt.block_on(control_loop(path, mailbox, ready_tx, stop_rx));
+            })
+            .context("starting the control thread")?;
+        let started = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the control thread ended while starting")));
+        let control = ControlThread {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        started.map(|()| control)
+    }
+
+    /// Ends the thread: the control socket is removed, the handlers go.
+    fn stop(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ControlThread {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+/// The control thread's work: see [`ControlThread`].
+async fn control_loop(
+    path: PathBuf,
+    mailbox: Arc<Mailbox>,
+    ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let setup = || -> anyhow::Result<_> {
+        let (req_tx, req_rx) = mpsc::channel::<Request>(16);
+        let server = ControlServer::bind(&path, req_tx)?;
+        let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok((server, req_rx, term, int))
+    };
+    let (server, mut requests, mut term, mut int) = match setup() {
+        Ok(parts) => parts,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    loop {
+        tokio::select! {
+            // Sent, or the driver's side dropped: either way, done.
+            _ = &mut stop => break,
+            _ = term.recv() => mailbox.post(Letter::Stop),
+            _ = int.recv() => mailbox.post(Letter::Stop),
+            Some(req) = requests.recv() => mailbox.post(Letter::Request(req)),
+        }
+    }
+    drop(server);
 }
 
 /// Loads and attaches the XDP program, opens one AF_XDP socket per queue
@@ -368,36 +499,6 @@ pub(crate) fn start(mut cfg: RunConfig) -> anyhow::Result<(Driver, Vec<u16>)> {
     Ok((driver, ports))
 }
 
-async fn run_async(cfg: RunConfig, ready: impl FnOnce(&Interface, &[u16])) -> anyhow::Result<()> {
-    let control_socket = cfg.control_socket.clone();
-    let (mut driver, ports) = start(cfg)?;
-    let (req_tx, req_rx) = mpsc::channel::<Request>(16);
-    let _control = ControlServer::bind(&control_socket, req_tx)?;
-    // The handlers exist before anyone is told we are ready: a SIGTERM
-    // right after READY must drain and exit 0, not kill the process.
-    let signals = Signals {
-        term: signal(SignalKind::terminate())?,
-        int: signal(SignalKind::interrupt())?,
-    };
-    ready(&driver.iface, &ports);
-    let ports_text: Vec<String> = ports.iter().map(u16::to_string).collect();
-    if let Err(e) = notify::notify(&format!(
-        "READY=1\nSTATUS=serving {} on {} ports {}",
-        driver.iface.addr,
-        driver.iface.name,
-        ports_text.join(",")
-    )) {
-        tracing::warn!("could not notify systemd: {e}");
-    }
-    driver.serve(req_rx, signals).await
-}
-
-/// The signals that stop the endpoint.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
 /// How often the XDP program's log records are flushed.
 const LOG_TICK: Duration = Duration::from_millis(250);
 
@@ -431,47 +532,24 @@ enum Wake {
     Notified,
     /// Time to flush the XDP program's log records.
     LogTick,
-    /// A control client asks for a snapshot.
-    Request(Request),
-    /// SIGTERM or SIGINT.
-    Signal,
 }
 
-/// The loop's sources besides the sockets, timers and wake-ups, polled
-/// together: signals and control requests (`run` only) and the log tick.
+/// The library driver's source besides the sockets, timers and wake-ups:
+/// the log tick.
 struct Events {
-    signals: Option<Signals>,
-    requests: Option<mpsc::Receiver<Request>>,
     log_tick: tokio::time::Interval,
 }
 
 impl Events {
-    fn new(signals: Option<Signals>, requests: Option<mpsc::Receiver<Request>>) -> Events {
+    fn new() -> Events {
         let mut log_tick =
             tokio::time::interval_at(tokio::time::Instant::now() + LOG_TICK, LOG_TICK);
         log_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        Events {
-            signals,
-            requests,
-            log_tick,
-        }
+        Events { log_tick }
     }
 
-    /// A signal, a control request or the log tick, in that order.
+    /// The log tick, when it is due.
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
-        if let Some(s) = &mut self.signals {
-            if s.term.poll_recv(cx).is_ready() || s.int.poll_recv(cx).is_ready() {
-                return Poll::Ready(Wake::Signal);
-            }
-        }
-        if let Some(rx) = &mut self.requests {
-            match rx.poll_recv(cx) {
-                Poll::Ready(Some(req)) => return Poll::Ready(Wake::Request(req)),
-                // Every sender is gone: nobody can ask any more.
-                Poll::Ready(None) => self.requests = None,
-                Poll::Pending => {}
-            }
-        }
         if self.log_tick.poll_tick(cx).is_ready() {
             return Poll::Ready(Wake::LogTick);
         }
@@ -581,50 +659,66 @@ async fn spin(events: &mut Events) -> Option<Wake> {
 }
 
 impl Driver {
-    async fn serve(
-        &mut self,
-        requests: mpsc::Receiver<Request>,
-        signals: Signals,
-    ) -> anyhow::Result<()> {
-        let readiness: Vec<AsyncFd<OwnedFd>> = self
-            .sockets
-            .iter()
-            .map(|s| s.readiness())
-            .collect::<Result<_, _>>()
-            .context("registering the AF_XDP sockets with tokio")?;
-        let shared = self.shared();
-        let mut waiter = Waiter::with_timer(&shared.wake, self.timer_source());
-        let mut events = Events::new(Some(signals), Some(requests));
-
+    /// `tcp-user run`'s loop, on the calling thread: turns, and between
+    /// them a wait in the kernel ([`Parker`]) unless work is left or
+    /// `--busy-poll` is on. Returns after the first stop request, once the
+    /// open connections drained.
+    fn serve(&mut self, mailbox: &Arc<Mailbox>) -> anyhow::Result<()> {
+        let fds: Vec<RawFd> = self.sockets.iter().map(|s| s.as_raw_fd()).collect();
+        let mut parker = Parker::new(Arc::clone(mailbox), &fds)
+            .context("setting up the driver's wait (epoll)")?;
+        let mut log_flush = std::time::Instant::now() + LOG_TICK;
         loop {
             let turn = self.turn();
-            let wake = if turn.more || self.busy_poll {
-                // Rings still hold work (a full batch, or TX back-pressure),
-                // or busy polling: go on at once.
-                spin(&mut events).await
-            } else {
-                let deadline = turn.deadline.map(|d| self.clock.deadline(d));
-                Some(waiter.idle(deadline, &readiness, &mut events).await)
-            };
-            if let Some(Wake::Signal) = wake {
+            if self.read_mail(mailbox) {
                 break;
             }
-            self.handle(wake);
+            self.flush_logs_when_due(&mut log_flush);
+            if turn.more || self.busy_poll {
+                // Rings still hold work (a full batch, or TX back-pressure),
+                // or busy polling: go on at once.
+                continue;
+            }
+            let deadline = turn
+                .deadline
+                .map_or(log_flush, |d| self.clock.at(d).min(log_flush));
+            self.park(&mut parker, deadline)?;
         }
-        self.drain(&readiness, &mut waiter, &mut events).await;
+        self.drain(mailbox, &mut parker)?;
         self.shared.lock().xdp.flush_logs();
         self.shutdown();
         Ok(())
     }
 
-    /// Answers what a wait brought that is not a reason to stop.
-    fn handle(&mut self, wake: Option<Wake>) {
-        match wake {
-            Some(Wake::Request(req)) => {
-                let _ = req.send(self.snapshot());
+    /// Answers the control requests in the mailbox; true when a stop was
+    /// among its letters.
+    fn read_mail(&mut self, mailbox: &Mailbox) -> bool {
+        let mut stop = false;
+        for letter in mailbox.take() {
+            match letter {
+                Letter::Request(req) => {
+                    let _ = req.send(self.snapshot());
+                }
+                Letter::Stop => stop = true,
             }
-            Some(Wake::LogTick) => self.shared.lock().xdp.flush_logs(),
-            _ => {}
+        }
+        stop
+    }
+
+    /// Sleeps until `deadline` or until there is work (see [`Parker::park`]).
+    fn park(&mut self, parker: &mut Parker, deadline: std::time::Instant) -> anyhow::Result<()> {
+        parker.park(Some(deadline)).context("waiting in epoll")?;
+        self.counters.parks = parker.parks;
+        self.counters.timer_programs = parker.timer_programs;
+        Ok(())
+    }
+
+    /// Flushes the XDP program's log records every [`LOG_TICK`].
+    fn flush_logs_when_due(&mut self, next: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        if now >= *next {
+            self.shared.lock().xdp.flush_logs();
+            *next = now + LOG_TICK;
         }
     }
 
@@ -662,7 +756,7 @@ impl Driver {
         };
         let shared = self.shared();
         let mut waiter = Waiter::with_timer(&shared.wake, self.timer_source());
-        let mut events = Events::new(None, None);
+        let mut events = Events::new();
         while handles.strong_count() > 0 {
             let turn = self.turn();
             let wake = if turn.more || self.busy_poll {
@@ -671,20 +765,17 @@ impl Driver {
                 let deadline = turn.deadline.map(|d| self.clock.deadline(d));
                 Some(waiter.idle(deadline, &readiness, &mut events).await)
             };
-            self.handle(wake);
+            if let Some(Wake::LogTick) = wake {
+                self.shared.lock().xdp.flush_logs();
+            }
         }
         self.shutdown();
     }
 
     /// Graceful shutdown: accept nothing new, let open connections finish
     /// for the grace period (TIME-WAIT counts as finished), then return.
-    /// A second signal cuts it short.
-    async fn drain(
-        &mut self,
-        readiness: &[AsyncFd<OwnedFd>],
-        waiter: &mut Waiter<'_>,
-        events: &mut Events,
-    ) {
+    /// A second stop request cuts it short.
+    fn drain(&mut self, mailbox: &Mailbox, parker: &mut Parker) -> anyhow::Result<()> {
         let _ = notify::notify("STOPPING=1");
         {
             let mut core = self.shared.lock();
@@ -705,34 +796,35 @@ impl Driver {
         };
         let n = open(self);
         if n == 0 || self.grace.is_zero() {
-            return;
+            return Ok(());
         }
         tracing::info!("draining {n} connection(s) for up to {:?}", self.grace);
-        let until = tokio::time::Instant::now() + self.grace;
+        let until = std::time::Instant::now() + self.grace;
+        let mut log_flush = std::time::Instant::now() + LOG_TICK;
         loop {
             let turn = self.turn();
-            let wake = if turn.more {
-                spin(events).await
-            } else {
+            if self.read_mail(mailbox) {
+                return Ok(());
+            }
+            self.flush_logs_when_due(&mut log_flush);
+            if !turn.more {
                 if open(self) == 0 {
                     tracing::info!("all connections finished");
-                    return;
+                    return Ok(());
                 }
                 let deadline = turn
                     .deadline
-                    .map_or(until, |d| self.clock.deadline(d).min(until));
-                Some(waiter.idle(Some(deadline), readiness, events).await)
-            };
-            if let Some(Wake::Signal) = wake {
-                return;
+                    .map_or(until, |d| self.clock.at(d).min(until))
+                    .min(log_flush);
+                self.park(parker, deadline)?;
             }
-            self.handle(wake);
-            if tokio::time::Instant::now() >= until {
+            if std::time::Instant::now() >= until {
                 tracing::info!("grace period over: resetting {} connection(s)", open(self));
-                return;
+                return Ok(());
             }
         }
     }
+
     /// One turn of the loop: what is left for the next.
     fn turn(&mut self) -> Turn {
         self.counters.turns += 1;
@@ -1053,7 +1145,7 @@ mod tests {
         async fn wakes_on_the_deadline_and_not_before() {
             let notify = Notify::new();
             let mut w = Waiter::new(&notify);
-            let mut ev = Events::new(None, None);
+            let mut ev = Events::new();
             let t0 = TokioInstant::now();
             let wake = idle(&mut w, &mut ev, Some(t0 + 10 * MS)).await;
             assert!(matches!(wake, Wake::Deadline), "{wake:?}");
@@ -1068,7 +1160,7 @@ mod tests {
         async fn wakes_on_notify_also_when_it_came_between_waits() {
             let notify = Arc::new(Notify::new());
             let mut w = Waiter::new(&notify);
-            let mut ev = Events::new(None, None);
+            let mut ev = Events::new();
             let t0 = TokioInstant::now();
             // A wake-up while the driver was busy with a turn is kept.
             notify.notify_one();
@@ -1097,7 +1189,7 @@ mod tests {
         async fn rearms_only_when_the_deadline_moves() {
             let notify = Arc::new(Notify::new());
             let mut w = Waiter::new(&notify);
-            let mut ev = Events::new(None, None);
+            let mut ev = Events::new();
             let t0 = TokioInstant::now();
             let poke = |at: u32| {
                 let n = Arc::clone(&notify);
@@ -1154,7 +1246,7 @@ mod tests {
             let notify = Arc::new(Notify::new());
             let mut w = Waiter::with_timer(&notify, TimerSource::TimerFd);
             assert_eq!(w.timer.source(), TimerSource::TimerFd);
-            let mut ev = Events::new(None, None);
+            let mut ev = Events::new();
             // Sub-millisecond deadlines, none reported early.
             for us in [40, 300, 1_500] {
                 let at = TokioInstant::now() + Duration::from_micros(us);
@@ -1186,31 +1278,14 @@ mod tests {
         }
 
         #[tokio::test(start_paused = true)]
-        async fn control_requests_end_the_wait_and_the_spin() {
-            let notify = Notify::new();
-            let mut w = Waiter::new(&notify);
-            let (tx, rx) = mpsc::channel::<Request>(4);
-            let mut ev = Events::new(None, Some(rx));
+        async fn the_spin_never_waits() {
+            let mut ev = Events::new();
             let t0 = TokioInstant::now();
-            let sender = tx.clone();
-            tokio::spawn(async move {
-                time::sleep_until(t0 + 30 * MS).await;
-                let (reply, _) = tokio::sync::oneshot::channel();
-                let _ = sender.send(reply).await;
-            });
-            let wake = idle(&mut w, &mut ev, Some(t0 + 100 * MS)).await;
-            assert!(matches!(wake, Wake::Request(_)), "{wake:?}");
-            assert_eq!(TokioInstant::now() - t0, 30 * MS);
-            // The spin never waits: nothing ready, nothing returned.
             assert!(spin(&mut ev).await.is_none());
-            let (reply, _) = tokio::sync::oneshot::channel();
-            tx.send(reply).await.unwrap();
-            assert!(matches!(spin(&mut ev).await, Some(Wake::Request(_))));
-            assert_eq!(TokioInstant::now() - t0, 30 * MS);
-            // With every sender gone the channel is dropped, not polled.
-            drop(tx);
-            assert!(spin(&mut ev).await.is_none());
-            assert!(ev.requests.is_none());
+            assert_eq!(TokioInstant::now(), t0);
+            time::sleep(LOG_TICK).await;
+            assert!(matches!(spin(&mut ev).await, Some(Wake::LogTick)));
+            assert_eq!(TokioInstant::now() - t0, LOG_TICK);
         }
     }
 }

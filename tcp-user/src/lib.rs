@@ -6,8 +6,10 @@
 //! - [`afxdp`]: AF_XDP sockets (UMEM and rings) on `libc`.
 //! - [`xdp`]: loads and attaches the embedded XDP program, owns its maps.
 //! - [`frame`]: Ethernet and IPv4 framing around TCP segments.
-//! - [`driver`]: the tokio driver joining all of the above.
-//! - `hrtimer`: the driver's sub-millisecond deadline timer (a timerfd).
+//! - [`driver`]: the driver joining all of the above (a thread of its own
+//!   for `tcp-user run`, a tokio task for the library API).
+//! - `hrtimer`: the library driver's sub-millisecond deadline timer (a timerfd).
+//! - `park`: where `tcp-user run`'s driver sleeps (epoll, a mailbox).
 //! - [`api`]: the library API: `Endpoint`, `TcpListener`, `TcpStream`
 //!   (tokio `AsyncRead`/`AsyncWrite`).
 //! - [`netlink`]: routes and neighbours from the kernel (active opens).
@@ -28,6 +30,7 @@ mod hrtimer;
 pub mod iperf3;
 pub mod netlink;
 pub mod notify;
+mod park;
 pub mod pcap;
 pub mod reflect;
 pub mod services;
