@@ -8,9 +8,9 @@
 //! before the index that covers them.
 //!
 //! Frame ownership: the UMEM is cut into `frame_count` frames. The first
-//! half lives in the fill ring / RX ring cycle (the kernel writes received
-//! frames there, we hand each back to the fill ring after reading it); the
-//! second half is for TX (a free list, the TX ring, and back through the
+//! `rx_frames` live in the fill ring / RX ring cycle (the kernel writes
+//! received frames there, we hand each back to the fill ring after reading
+//! it); the rest are for TX (a free list, the TX ring, and back through the
 //! completion ring).
 
 use std::ffi::CString;
@@ -39,9 +39,12 @@ pub enum BindMode {
 pub struct XskConfig {
     /// Bytes per UMEM frame (a power of two, 2048 or 4096).
     pub frame_size: u32,
-    /// Frames in the UMEM, half for receiving and half for sending.
+    /// Frames in the UMEM: `rx_frames` for receiving, the rest for sending.
     pub frame_count: u32,
-    /// Entries of each of the four rings (power of two, at least frame_count / 2).
+    /// Frames that cycle through the fill and RX rings.
+    pub rx_frames: u32,
+    /// Entries of each of the four rings (a power of two, at least as many
+    /// as the receive frames and as the send frames).
     pub ring_size: u32,
     pub mode: BindMode,
     /// Ask the kernel to say when it needs a kick (XDP_USE_NEED_WAKEUP).
@@ -53,17 +56,20 @@ impl Default for XskConfig {
         XskConfig {
             // 2048-byte frames hold a 1514-byte frame behind the 256
             // bytes of RX headroom (the XDP program admits no longer TCP).
-            // 8192 RX frames: a backlog of that many frames waits in the
+            // 12,288 RX frames: a backlog of that many frames waits in the
             // RX ring, and beyond it the kernel drops for want of a fill
-            // entry (rx_fill_ring_empty_descs). Measured with 2048 RX
-            // frames, rr over 10,000 connections (each with a request in
-            // flight) lost 150,000 frames per 5 s run there whenever the
-            // engine fell behind, and the clients' 200 ms retransmissions
-            // made its p99. The kernel queues such a backlog in its
-            // sockets. 32 MiB of UMEM in all, mapped and touched at start.
+            // entry (rx_fill_ring_empty_descs). rr over 10,000 connections
+            // (each with a request in flight) lost ~100,000 frames per 5 s
+            // run there with 8192 (150,000 with 2048) whenever the engine
+            // fell behind, and the clients' 200 ms retransmissions made its
+            // p99; the kernel queues such a backlog in its sockets. 4096 TX
+            // frames: a copy-mode kick completes a frame at once, and a
+            // NIC's zero-copy completion within ~1 ms at 10 Gbit/s needs
+            // ~900. 32 MiB of UMEM in all, mapped and touched at start.
             frame_size: 2048,
             frame_count: 16384,
-            ring_size: 8192,
+            rx_frames: 12288,
+            ring_size: 16384,
             mode: BindMode::Auto,
             need_wakeup: true,
         }
@@ -84,16 +90,22 @@ impl XskConfig {
         if !self.ring_size.is_power_of_two() {
             bail!("AF_XDP ring size {} is not a power of two", self.ring_size);
         }
-        if self.frame_count < 2 {
-            bail!("AF_XDP needs at least 2 frames, got {}", self.frame_count);
+        if self.rx_frames == 0 || self.rx_frames >= self.frame_count {
+            bail!(
+                "AF_XDP needs receive and send frames: {} of {} frames for receiving",
+                self.rx_frames,
+                self.frame_count
+            );
         }
         // The fill ring must take every RX frame back and the completion
         // ring every TX frame, or recycling could find them full.
-        let tx_frames = self.frame_count - self.frame_count / 2;
-        if tx_frames > self.ring_size {
+        let most = self.rx_frames.max(self.frame_count - self.rx_frames);
+        if most > self.ring_size {
             bail!(
-                "AF_XDP ring size {} is smaller than half the {} frames",
+                "AF_XDP ring size {} is smaller than the {most} frames one ring must hold \
+                 ({} for receiving of {})",
                 self.ring_size,
+                self.rx_frames,
                 self.frame_count
             );
         }
@@ -647,7 +659,7 @@ impl XskSocket {
             comp,
         } = rings;
         let frame = cfg.frame_size as u64;
-        let rx_frames = cfg.frame_count / 2;
+        let rx_frames = cfg.rx_frames;
         for i in 0..rx_frames {
             let idx = fill.local;
             fill.set_addr_at(idx, i as u64 * frame);
@@ -1158,6 +1170,7 @@ mod tests {
         XskConfig {
             frame_size: 2048,
             frame_count: 8,
+            rx_frames: 4,
             ring_size: 4,
             mode: BindMode::Copy,
             need_wakeup: true,
@@ -1191,7 +1204,7 @@ mod tests {
         let queued = RingIndex::filled(fill.producer().load(Ordering::Relaxed), {
             fill.consumer().load(Ordering::Relaxed)
         });
-        assert_eq!(queued, cfg.frame_count / 2);
+        assert_eq!(queued, cfg.rx_frames);
         let mut chunks: Vec<u64> = (0..queued)
             .map(|i| fill.addr_at(fill.consumer().load(Ordering::Relaxed).wrapping_add(i)))
             .collect();
@@ -1238,7 +1251,7 @@ mod tests {
     fn tx_frames_recycle_across_index_wrap() {
         let cfg = small_config();
         let mut sock = fake_socket(&cfg, u32::MAX - 1);
-        let tx_frames = (cfg.frame_count - cfg.frame_count / 2) as usize;
+        let tx_frames = (cfg.frame_count - cfg.rx_frames) as usize;
         assert_eq!(sock.tx_free(), tx_frames);
         let mut wire = Vec::new();
         let mut sent = 0u32;
@@ -1360,6 +1373,26 @@ mod tests {
             },
             XskConfig {
                 frame_count: 1,
+                ..XskConfig::default()
+            },
+            XskConfig {
+                rx_frames: 0,
+                ..XskConfig::default()
+            },
+            XskConfig {
+                rx_frames: 16384,
+                ..XskConfig::default()
+            },
+            // 15,000 receive frames do not fit 8192-entry rings.
+            XskConfig {
+                rx_frames: 15000,
+                ring_size: 8192,
+                ..XskConfig::default()
+            },
+            // Nor 20,000 send frames 16,384-entry rings.
+            XskConfig {
+                frame_count: 24000,
+                rx_frames: 4000,
                 ..XskConfig::default()
             },
         ] {

@@ -173,13 +173,13 @@ mod tests {
         let fill = &sock.fill;
         let cons = fill.consumer().load(Ordering::Relaxed);
         let queued = RingIndex::filled(fill.producer().load(Ordering::Relaxed), cons);
-        assert_eq!(queued, cfg.frame_count / 2);
+        assert_eq!(queued, cfg.rx_frames);
         let mut chunks: Vec<u64> = (0..queued)
             .map(|i| fill.addr_at(cons.wrapping_add(i)))
             .collect();
         chunks.sort_unstable();
         assert_eq!(chunks, [0, 2048, 4096, 6144]);
-        assert_eq!(sock.tx_free(), (cfg.frame_count / 2) as usize);
+        assert_eq!(sock.tx_free(), (cfg.frame_count - cfg.rx_frames) as usize);
         let c = sock.counters();
         assert_eq!(c.rx_frames, next as u64);
         assert_eq!(c.tx_frames, expect.len() as u64);
