@@ -308,10 +308,35 @@ pub(crate) struct Driver {
     /// The peer MAC learned last: most frames come from the peer of the
     /// frame before, and this spares a map write per frame.
     last_peer: Option<(Ipv4Addr, [u8; 6])>,
-    /// Consecutive turns that left the core's due timers for later, and
-    /// the most in a row (see `turn`).
-    timer_deferrals: u32,
-    max_timer_deferrals: u32,
+    /// Whether a turn leaves the core's due timers for later (see `turn`).
+    timer_deferral: TimerDeferral,
+}
+
+/// Arrivals before timers, boundedly: a turn that read a full RX batch
+/// (more is queued) leaves the due timers for a later turn, but never more
+/// than `max` turns in a row.
+#[derive(Debug)]
+struct TimerDeferral {
+    /// Turns in a row that left them.
+    run: u32,
+    max: u32,
+}
+
+impl TimerDeferral {
+    fn new(max: u32) -> TimerDeferral {
+        TimerDeferral { run: 0, max }
+    }
+
+    /// Whether this turn, which found a backlog or not, leaves the timers.
+    fn defer(&mut self, backlog: bool) -> bool {
+        if backlog && self.run < self.max {
+            self.run += 1;
+            true
+        } else {
+            self.run = 0;
+            false
+        }
+    }
 }
 
 /// Runs the endpoint until SIGINT or SIGTERM. `ready` is called once when
@@ -502,8 +527,8 @@ pub(crate) fn start(mut cfg: RunConfig) -> anyhow::Result<(Driver, Vec<u16>)> {
         grace: cfg.grace,
         busy_poll: cfg.busy_poll,
         last_peer: None,
-        timer_deferrals: 0,
-        max_timer_deferrals: xsk_cfg.rx_frames / RX_BATCH as u32,
+        // A ring's worth of batches: what was queued when the backlog began.
+        timer_deferral: TimerDeferral::new(xsk_cfg.rx_frames / RX_BATCH as u32),
     };
     Ok((driver, ports))
 }
@@ -895,15 +920,10 @@ impl Driver {
         // overload lasts. rr over 10,000 connections, where the engine
         // falls behind, drew tens of thousands of spurious RTOs per run
         // without this.
-        let backlog = full_batch && self.timer_deferrals < self.max_timer_deferrals;
-        if backlog {
-            self.timer_deferrals += 1;
+        if self.timer_deferral.defer(full_batch) {
             self.counters.timers_deferred += 1;
-        } else {
-            self.timer_deferrals = 0;
-            if core.stack.poll_timeout().is_some_and(|t| t <= now) {
-                core.stack.handle_timeout(now);
-            }
+        } else if core.stack.poll_timeout().is_some_and(|t| t <= now) {
+            core.stack.handle_timeout(now);
         }
         core.dispatch_events(now);
         if core.services.poll_timeout().is_some_and(|t| t <= now) {
@@ -1152,6 +1172,28 @@ mod tests {
         let jumbo = Interface { mtu: 9000, ..i };
         assert_eq!(jumbo.mss(4096), 1460);
         assert_eq!(jumbo.mss(2048), 1460);
+    }
+
+    #[test]
+    fn timers_wait_for_a_backlog_but_never_more_than_max_turns_in_a_row() {
+        let mut d = TimerDeferral::new(3);
+        // No backlog: the timers run.
+        assert!(!d.defer(false));
+        // A backlog of any length: three turns leave them, the fourth runs
+        // them, and the count starts again.
+        let turns: Vec<bool> = (0..9).map(|_| d.defer(true)).collect();
+        assert_eq!(
+            turns,
+            [true, true, true, false, true, true, true, false, true]
+        );
+        // The backlog read: they run at once, and a new backlog may wait
+        // the full three turns again.
+        assert!(!d.defer(false));
+        assert!(d.defer(true) && d.defer(true) && d.defer(true));
+        assert!(!d.defer(true));
+        // A default-sized UMEM waits at most 192 turns of 64 frames.
+        let rx = XskConfig::default().rx_frames;
+        assert_eq!(rx / RX_BATCH as u32, 192);
     }
 
     /// The driver's wait on tokio's paused clock: time moves only when the
