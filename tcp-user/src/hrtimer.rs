@@ -60,20 +60,7 @@ impl TimerFd {
                 "no tokio runtime to register a timerfd with",
             ));
         }
-        // Safety: timerfd_create takes no pointers; its result is checked
-        // before use.
-        let raw = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Safety: `raw` is a fresh descriptor that nothing else owns or
-        // closes.
-        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+        let owned = new_timerfd()?;
         // Safety: the AsyncFd owns `owned`, so the descriptor stays open
         // and names the same timerfd for as long as the registration lives.
         let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }?;
@@ -88,36 +75,9 @@ impl TimerFd {
     /// passed), or disarms it (None). The expiry is relative to a clock
     /// read taken just before the call, so it is never before `at`.
     pub(crate) fn set(&mut self, at: Option<Instant>) -> io::Result<()> {
-        let zero = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        let it_value = match at {
-            None => zero,
-            Some(at) => {
-                // Zero would disarm: a deadline already due expires in 1 ns.
-                let d = at
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_nanos(1));
-                libc::timespec {
-                    tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
-                    tv_nsec: d.subsec_nanos() as libc::c_long,
-                }
-            }
-        };
-        let spec = libc::itimerspec {
-            it_interval: zero,
-            it_value,
-        };
-        // Safety: the descriptor is an open timerfd owned by `self.fd`;
-        // `spec` is a valid itimerspec that outlives the call, and a null
-        // old-value pointer is allowed.
-        let r =
-            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        let after = at.map(|at| at.saturating_duration_since(Instant::now()));
         self.programs += 1;
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        arm_timerfd(self.fd.get_ref(), after)?;
         // Setting the timer also zeroes its expiry count: a stale expiry
         // is not read as this one.
         self.programmed = at;
@@ -163,6 +123,55 @@ impl TimerFd {
         assert_eq!(r, 0, "timerfd_gettime: {}", io::Error::last_os_error());
         Duration::new(cur.it_value.tv_sec as u64, cur.it_value.tv_nsec as u32)
     }
+}
+
+/// A disarmed one-shot CLOCK_MONOTONIC timerfd (the clock of `Instant`),
+/// non-blocking and close-on-exec.
+pub(crate) fn new_timerfd() -> io::Result<OwnedFd> {
+    // Safety: timerfd_create takes no pointers; its result is checked
+    // before use.
+    let raw = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: `raw` is a fresh descriptor that nothing else owns or closes.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Arms timerfd `fd` to expire once, `after` from now (a zero `after` in
+/// 1 ns: zero would disarm it), or disarms it (None).
+pub(crate) fn arm_timerfd(fd: &OwnedFd, after: Option<Duration>) -> io::Result<()> {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let it_value = match after {
+        None => zero,
+        Some(d) => {
+            let d = d.max(Duration::from_nanos(1));
+            libc::timespec {
+                tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            }
+        }
+    };
+    let spec = libc::itimerspec {
+        it_interval: zero,
+        it_value,
+    };
+    // Safety: the descriptor is an open timerfd (owned by `fd`); `spec` is
+    // a valid itimerspec that outlives the call, and a null old-value
+    // pointer is allowed.
+    let r = unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Reads a timerfd's 8-byte expiration count (WouldBlock when none).

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::control::Request;
+use crate::hrtimer::{arm_timerfd, new_timerfd};
 
 /// What another thread can ask of a parked driver.
 #[derive(Debug)]
@@ -139,18 +140,7 @@ impl Parker {
         }
         // Safety: `raw` is a fresh descriptor that nothing else owns.
         let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
-        // Safety: timerfd_create takes no pointers; the result is checked.
-        let raw = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Safety: `raw` is a fresh descriptor that nothing else owns.
-        let timer = unsafe { OwnedFd::from_raw_fd(raw) };
+        let timer = new_timerfd()?;
         // The sockets edge-triggered: a level-triggered entry is polled
         // again by the next wait after every wake-up, and an AF_XDP
         // socket's poll in copy mode runs its transmit path (the socket's
@@ -242,26 +232,8 @@ impl Parker {
     /// Sets the timerfd to expire `left` from now, that is at `at` or just
     /// after.
     fn program(&mut self, at: Instant, left: Duration) -> io::Result<()> {
-        let zero = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        let spec = libc::itimerspec {
-            it_interval: zero,
-            it_value: libc::timespec {
-                tv_sec: left.as_secs().min(i32::MAX as u64) as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
-            },
-        };
-        // Safety: the descriptor is an open timerfd; `spec` is a valid
-        // itimerspec that outlives the call; a null old value is allowed.
-        let r = unsafe {
-            libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut())
-        };
         self.timer_programs += 1;
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        arm_timerfd(&self.timer, Some(left))?;
         // Setting it also resets a count not read yet: no stale expiry.
         self.programmed = Some(at);
         Ok(())
