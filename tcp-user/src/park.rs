@@ -86,7 +86,7 @@ impl Mailbox {
         }
     }
 
-    /// The letters posted since the last call; one atomic load when none.
+    /// The letters posted since the last call; one atomic swap when none.
     pub(crate) fn take(&self) -> VecDeque<Letter> {
         if !self.rung.swap(false, Ordering::AcqRel) {
             return VecDeque::new();
@@ -96,16 +96,7 @@ impl Mailbox {
 
     /// Resets the eventfd's counter (it stays readable until read).
     fn clear_doorbell(&self) {
-        let mut buf = [0u8; 8];
-        // Safety: reads at most 8 bytes into `buf`, which lives across the
-        // call, from the open, non-blocking eventfd (EAGAIN when zero).
-        unsafe {
-            libc::read(
-                self.doorbell.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
+        read_counter(&self.doorbell);
     }
 }
 
@@ -144,8 +135,9 @@ impl Parker {
         // The sockets edge-triggered: a level-triggered entry is polled
         // again by the next wait after every wake-up, and an AF_XDP
         // socket's poll in copy mode runs its transmit path (the socket's
-        // mutex and a look at the TX ring: `tx_ring_empty_descs` counted
-        // 9.4 per connection in crr-1w, 2.8 of them from `sendto`). An
+        // mutex and a look at the TX ring: `tx_ring_empty_descs` per
+        // transaction in rr-1conn 3.0 level-triggered, 2.0 edge-triggered,
+        // one of them the `sendto` kick's own). An
         // edge still comes with every frame the kernel delivers, also
         // between the caller's last look at the RX ring and this wait.
         // The eventfd and the timerfd level-triggered: `park` reads them.
