@@ -533,6 +533,15 @@ pub(crate) fn start(mut cfg: RunConfig) -> anyhow::Result<(Driver, Vec<u16>)> {
     Ok((driver, ports))
 }
 
+/// `tcp-user run`'s wait between turns: the epoll set, the mailbox whose
+/// eventfd is in it, and when the XDP program's log records are flushed
+/// next.
+struct RunWait {
+    parker: Parker,
+    mailbox: Arc<Mailbox>,
+    log_flush: std::time::Instant,
+}
+
 /// How often the XDP program's log records are flushed.
 const LOG_TICK: Duration = Duration::from_millis(250);
 
@@ -699,26 +708,19 @@ impl Driver {
     /// open connections drained.
     fn serve(&mut self, mailbox: &Arc<Mailbox>) -> anyhow::Result<()> {
         let fds: Vec<RawFd> = self.sockets.iter().map(|s| s.as_raw_fd()).collect();
-        let mut parker = Parker::new(Arc::clone(mailbox), &fds)
-            .context("setting up the driver's wait (epoll)")?;
-        let mut log_flush = std::time::Instant::now() + LOG_TICK;
+        let mut wait = RunWait {
+            parker: Parker::new(Arc::clone(mailbox), &fds)
+                .context("setting up the driver's wait (epoll)")?,
+            mailbox: Arc::clone(mailbox),
+            log_flush: std::time::Instant::now() + LOG_TICK,
+        };
         loop {
             let turn = self.turn();
-            if self.read_mail(mailbox) {
+            if self.between_turns(&mut wait, turn, None)? {
                 break;
             }
-            self.flush_logs_when_due(&mut log_flush);
-            if turn.more || self.busy_poll {
-                // Rings still hold work (a full batch, or TX back-pressure),
-                // or busy polling: go on at once.
-                continue;
-            }
-            let deadline = turn
-                .deadline
-                .map_or(log_flush, |d| self.clock.at(d).min(log_flush));
-            self.park(&mut parker, deadline)?;
         }
-        self.drain(mailbox, &mut parker)?;
+        self.drain(&mut wait)?;
         self.shared.lock().xdp.flush_logs();
         self.shutdown();
         Ok(())
@@ -739,21 +741,40 @@ impl Driver {
         stop
     }
 
-    /// Sleeps until `deadline` or until there is work (see [`Parker::park`]).
-    fn park(&mut self, parker: &mut Parker, deadline: std::time::Instant) -> anyhow::Result<()> {
-        parker.park(Some(deadline)).context("waiting in epoll")?;
-        self.counters.parks = parker.parks;
-        self.counters.timer_programs = parker.timer_programs;
-        Ok(())
-    }
-
-    /// Flushes the XDP program's log records every [`LOG_TICK`].
-    fn flush_logs_when_due(&mut self, next: &mut std::time::Instant) {
-        let now = std::time::Instant::now();
-        if now >= *next {
-            self.shared.lock().xdp.flush_logs();
-            *next = now + LOG_TICK;
+    /// Between two turns of `tcp-user run`: answers the control requests,
+    /// flushes the XDP program's log records when due and, unless the turn
+    /// left work (a full batch, TX back-pressure) or `--busy-poll` is on,
+    /// sleeps until the turn's deadline, `cap` or the next flush, or until
+    /// there is work ([`Parker::park`]). True when a stop request came.
+    fn between_turns(
+        &mut self,
+        wait: &mut RunWait,
+        turn: Turn,
+        cap: Option<std::time::Instant>,
+    ) -> anyhow::Result<bool> {
+        if self.read_mail(&wait.mailbox) {
+            return Ok(true);
         }
+        let now = std::time::Instant::now();
+        if now >= wait.log_flush {
+            self.shared.lock().xdp.flush_logs();
+            wait.log_flush = now + LOG_TICK;
+        }
+        if turn.more || self.busy_poll {
+            return Ok(false);
+        }
+        let deadline = turn
+            .deadline
+            .map(|d| self.clock.at(d))
+            .into_iter()
+            .chain(cap)
+            .fold(wait.log_flush, std::time::Instant::min);
+        wait.parker
+            .park(Some(deadline))
+            .context("waiting in epoll")?;
+        self.counters.parks = wait.parker.parks;
+        self.counters.timer_programs = wait.parker.timer_programs;
+        Ok(false)
     }
 
     /// The idle wait's timer: a timerfd, for sub-millisecond deadlines.
@@ -809,7 +830,7 @@ impl Driver {
     /// Graceful shutdown: accept nothing new, let open connections finish
     /// for the grace period (TIME-WAIT counts as finished), then return.
     /// A second stop request cuts it short.
-    fn drain(&mut self, mailbox: &Mailbox, parker: &mut Parker) -> anyhow::Result<()> {
+    fn drain(&mut self, wait: &mut RunWait) -> anyhow::Result<()> {
         let _ = notify::notify("STOPPING=1");
         {
             let mut core = self.shared.lock();
@@ -834,23 +855,14 @@ impl Driver {
         }
         tracing::info!("draining {n} connection(s) for up to {:?}", self.grace);
         let until = std::time::Instant::now() + self.grace;
-        let mut log_flush = std::time::Instant::now() + LOG_TICK;
         loop {
             let turn = self.turn();
-            if self.read_mail(mailbox) {
+            if !turn.more && open(self) == 0 {
+                tracing::info!("all connections finished");
                 return Ok(());
             }
-            self.flush_logs_when_due(&mut log_flush);
-            if !turn.more {
-                if open(self) == 0 {
-                    tracing::info!("all connections finished");
-                    return Ok(());
-                }
-                let deadline = turn
-                    .deadline
-                    .map_or(until, |d| self.clock.at(d).min(until))
-                    .min(log_flush);
-                self.park(parker, deadline)?;
+            if self.between_turns(wait, turn, Some(until))? {
+                return Ok(());
             }
             if std::time::Instant::now() >= until {
                 tracing::info!("grace period over: resetting {} connection(s)", open(self));
