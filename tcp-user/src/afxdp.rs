@@ -62,7 +62,10 @@ impl Default for XskConfig {
             // (each with a request in flight) lost ~100,000 frames per 5 s
             // run there with 8192 (150,000 with 2048) whenever the engine
             // fell behind, and the clients' 200 ms retransmissions made its
-            // p99; the kernel queues such a backlog in its sockets. 4096 TX
+            // p99; with 12,288 (and the driver's timers waiting for such a
+            // backlog) 9,000-87,000. The kernel queues such a backlog in its
+            // sockets. 16,384 lost fewer in some runs, more in others, and
+            // served fewer transactions (docs/benchmarks.md). 4096 TX
             // frames: a copy-mode kick completes a frame at once, and a
             // NIC's zero-copy completion within ~1 ms at 10 Gbit/s needs
             // ~900. 32 MiB of UMEM in all, mapped and touched at start.
