@@ -43,6 +43,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::bench_reflect;
+use crate::profile;
 use crate::report::{self, Metric, Report, RunResult};
 use crate::{build, is_root, root, say, status, CHILD, STOP};
 
@@ -171,6 +172,13 @@ pub struct BenchArgs {
     /// in the bench, the client's too.
     #[arg(long, value_name = "NAME")]
     kernel_cc: Option<String>,
+    /// Profile the server CPU with `perf record` during the first run of
+    /// every rr, crr and iperf3 workload and server, and print where its
+    /// time goes (profile.rs; `detail.profile` in the JSON, the
+    /// recordings in target/bench/perf/). That run's figures carry
+    /// perf's own cost (sampling at 1999 Hz).
+    #[arg(long)]
+    perf: bool,
 }
 
 /// The congestion controls both servers have.
@@ -530,6 +538,8 @@ struct Ctx {
     kernel_cc: String,
     xtask: PathBuf,
     out_dir: PathBuf,
+    /// `--perf`: profile the first run of each timed workload.
+    perf: bool,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -586,6 +596,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .unwrap_or_else(|| args.congestion.kernel_name().to_owned());
     // Before anything is built or created: a bad name fails at once.
     check_kernel_congestion(&kernel_cc)?;
+    if args.perf {
+        profile::check_perf()?;
+    }
     let ctx = Ctx {
         tcp_user: match &args.endpoint_bin {
             Some(p) => {
@@ -602,6 +615,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             .collect(),
         xtask: crate::release_xtask()?,
         out_dir: root().join("target/bench"),
+        perf: args.perf,
     };
     std::fs::create_dir_all(&ctx.out_dir)
         .with_context(|| format!("creating {}", ctx.out_dir.display()))?;
@@ -633,7 +647,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let mut results: BTreeMap<&'static str, Vec<Result<RunResult>>> = BTreeMap::new();
         for run in 0..args.runs {
             for &server in w.servers() {
-                let r = run_one(server, w, &ctx);
+                let r = run_one(server, w, &ctx, ctx.perf && run == 0);
                 if STOP.load(Ordering::SeqCst) != 0 {
                     bail!("interrupted");
                 }
@@ -763,7 +777,9 @@ fn counters_note(c: &BTreeMap<String, u64>) -> String {
 
 /// Starts `server` for `w`, runs the workload's client once, reads the
 /// server's counters, stops the server.
-fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
+/// One run of `w` against `server`; `with_perf`: with a `perf record` of
+/// the server CPU over its middle (timed workloads of 3 s or more).
+fn run_one(server: Server, w: &Workload, ctx: &Ctx, with_perf: bool) -> Result<RunResult> {
     let load1 = load_average();
     let (cli_tx, srv_tx) = w.tx_offload(server);
     set_tx_offload(cli_tx, srv_tx)?;
@@ -840,6 +856,22 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
     let server_pid = &proc.pids();
     let veth_before = path_counters();
     let cpu_before = server_cpu_ns(server_pid)?;
+    let recording = match w.kind {
+        Kind::Rr { .. } | Kind::Crr { .. } | Kind::Iperf { .. } if with_perf && w.secs >= 3.0 => {
+            let path = ctx
+                .out_dir
+                .join("perf")
+                .join(format!("{}-{}.data", w.name, server.name()));
+            // Past the load's start-up, and over before its end.
+            Some(profile::Recording::start(
+                SRV_CPU,
+                1.0,
+                (w.secs - 2.0).min(5.0),
+                &path,
+            )?)
+        }
+        _ => None,
+    };
     let mut r = match &w.kind {
         Kind::Bulk {
             direction, bytes, ..
@@ -911,6 +943,16 @@ fn run_one(server: Server, w: &Workload, ctx: &Ctx) -> Result<RunResult> {
     }
     if !matches!(w.kind, Kind::Idle { .. }) {
         add_segment_rates(&mut r);
+    }
+    if let Some(rec) = recording {
+        // A failed profile is said and recorded; the run stands.
+        match rec.finish() {
+            Ok(p) => r.detail["profile"] = p,
+            Err(e) => {
+                say(format!("  perf: {e:#}"));
+                r.detail["profile_error"] = json!(format!("{e:#}"));
+            }
+        }
     }
     r.detail["tx_offload"] = json!({ "client": cli_tx, "server": srv_tx });
     proc.stop();
@@ -2723,6 +2765,7 @@ pub(crate) mod tests_support {
             endpoint_bin: None,
             congestion: super::Congestion::Cubic,
             kernel_cc: None,
+            perf: false,
         }
     }
 }

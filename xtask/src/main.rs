@@ -17,6 +17,7 @@
 mod bench;
 mod bench_reflect;
 mod loadgen;
+mod profile;
 mod report;
 
 use std::io::{BufRead, BufReader};

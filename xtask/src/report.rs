@@ -10,6 +10,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use crate::bench::{Kind, Workload};
+use crate::profile::Part;
 use crate::root;
 
 /// One row of the table: a metric of a workload.
@@ -401,6 +402,88 @@ pub fn print_table(report: &Report) {
     }
     println!();
     print_ceiling_rows(&ceiling_rows(report));
+    for l in profile_lines(report) {
+        println!("{l}");
+    }
+}
+
+/// A profiled run's server CPU per unit of work and its parts' shares.
+fn profile_of(runs: &Runs, server: &str, cpu_key: &str) -> Option<(f64, Vec<f64>)> {
+    runs_of(runs, server).iter().flatten().find_map(|r| {
+        let shares = r.detail["profile"]["shares"].as_object()?;
+        let total = *r.metrics.get(cpu_key)?;
+        let parts = Part::ALL
+            .iter()
+            .map(|p| shares.get(p.key()).and_then(Value::as_f64).unwrap_or(0.0))
+            .collect();
+        Some((total, parts))
+    })
+}
+
+/// `--perf`: the profiled run's server CPU per unit of work, split into
+/// the parts of profile.rs, the endpoint's and the kernel's side by side;
+/// and what the endpoint's would be with its own userspace free. No lines
+/// when nothing was profiled.
+fn profile_lines(report: &Report) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (w, runs) in report {
+        let Some((cpu_key, unit)) = w.metrics().first().and_then(|m| m.cpu) else {
+            continue;
+        };
+        let e = profile_of(runs, "endpoint", cpu_key);
+        let k = profile_of(runs, "kernel", cpu_key);
+        if e.is_none() && k.is_none() {
+            continue;
+        }
+        if lines.is_empty() {
+            lines.push(String::new());
+            lines.push(
+                "where the server CPU goes (--perf: perf record on the server CPU in the first \
+                 run; a part = its share of the samples x that run's server CPU per unit)"
+                    .to_owned(),
+            );
+            let mut h = format!("{:<23} {:<9} {:>8}", "workload", "server", "total");
+            for p in Part::ALL {
+                let _ = write!(h, " {:>9}", p.column());
+            }
+            lines.push(h + "  unit");
+        }
+        for (i, (server, p)) in [("endpoint", &e), ("kernel", &k)].into_iter().enumerate() {
+            let Some((total, shares)) = p else { continue };
+            let mut l = format!(
+                "{:<23} {server:<9} {:>8}",
+                if i == 0 { w.name.as_str() } else { "" },
+                num(*total)
+            );
+            for share in shares {
+                let _ = write!(l, " {:>9}", num(share * total));
+            }
+            lines.push(format!("{l}  {unit}"));
+        }
+        if let (Some((et, es)), Some((kt, _))) = (&e, &k) {
+            let user = Part::ALL
+                .iter()
+                .zip(es)
+                .find(|(p, _)| **p == Part::User)
+                .map_or(0.0, |(_, s)| *s);
+            let without = et * (1.0 - user);
+            lines.push(format!(
+                "{:<23} endpoint without its own userspace: {} {unit}, {:.2}x the kernel's",
+                "",
+                num(without),
+                without / kt
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        lines.push(
+            "(bridge+cl: the frames a server sends, bridged and received by the client's TCP \
+             inside the server's own transmit, on the server CPU, for both servers alike; \
+             napi: the server veth's NAPI kthread; other-k: other kernel code)"
+                .to_owned(),
+        );
+    }
+    lines
 }
 
 fn stats_json(s: Option<(f64, f64, f64)>) -> Value {
@@ -813,6 +896,43 @@ mod tests {
                 ),
             ),
         ]
+    }
+
+    #[test]
+    fn profiles_split_the_first_profiled_run_per_unit() {
+        let all = crate::bench::workloads(&crate::bench::tests_support::args());
+        let w = all.iter().find(|w| w.name == "rr-1conn").unwrap().clone();
+        let profiled = |total: f64, user: f64| {
+            let mut r = run(&[("cpu_us_per_txn", total)]).unwrap();
+            r.detail = json!({ "profile": { "samples": 100, "shares": {
+                "bridge_and_client": 0.5, "napi": 0.5 - user, "user": user } } });
+            Ok(r)
+        };
+        let mut runs: Runs = BTreeMap::new();
+        // The first run with a profile counts, not the median.
+        runs.insert(
+            "endpoint",
+            vec![run(&[("cpu_us_per_txn", 99.0)]), profiled(10.0, 0.2)],
+        );
+        runs.insert("kernel", vec![profiled(16.0, 0.0), profiled(1.0, 0.0)]);
+        let lines = profile_lines(&vec![(w, runs)]);
+        let ep = lines.iter().find(|l| l.starts_with("rr-1conn")).unwrap();
+        let cells: Vec<&str> = ep.split_whitespace().collect();
+        // total, bridge+cl, napi, wait, ..., user
+        assert_eq!(cells[2], "10.0");
+        assert_eq!(cells[3], "5.00");
+        assert_eq!(cells[4], "3.00");
+        assert_eq!(cells[5], "0");
+        assert_eq!(cells[12], "2.00");
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("kernel") && l.contains("16.0")));
+        // 10 µs less its 20 % userspace against the kernel's 16.
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("8.00 µs/transaction, 0.50x")));
+        // Nothing profiled: no lines at all.
+        assert!(profile_lines(&ceiling_report()).is_empty());
     }
 
     #[test]
