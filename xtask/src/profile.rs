@@ -45,12 +45,16 @@ pub enum Part {
     Close,
     /// Any other kernel code (other system calls, interrupts, timers).
     OtherKernel,
+    /// Kernel code whose call chain perf could not record (a sample with
+    /// no chain, whose own address is in the kernel): where it was called
+    /// from, and so its part, is unknown.
+    KernelNoChain,
     /// The server's own userspace: its code, libc, vdso.
     User,
 }
 
 impl Part {
-    pub const ALL: [Part; 10] = [
+    pub const ALL: [Part; 11] = [
         Part::BridgeAndClient,
         Part::Napi,
         Part::Wait,
@@ -60,6 +64,7 @@ impl Part {
         Part::Accept,
         Part::Close,
         Part::OtherKernel,
+        Part::KernelNoChain,
         Part::User,
     ];
 
@@ -75,6 +80,7 @@ impl Part {
             Part::Accept => "accept",
             Part::Close => "close",
             Part::OtherKernel => "other-k",
+            Part::KernelNoChain => "no-chain",
             Part::User => "user",
         }
     }
@@ -91,6 +97,7 @@ impl Part {
             Part::Accept => "accept",
             Part::Close => "close",
             Part::OtherKernel => "other_kernel",
+            Part::KernelNoChain => "kernel_no_chain",
             Part::User => "user",
         }
     }
@@ -110,9 +117,23 @@ fn is_profiler(comm: &str) -> bool {
     comm == "perf" || comm.starts_with("perf-") || comm == "sleep" || comm.starts_with("swapper")
 }
 
-fn classify_sample(s: &Sample) -> Option<Part> {
+fn is_kernel(dso: &str) -> bool {
+    dso.contains("kernel") || dso.starts_with("[k")
+}
+
+/// `leaf_in_kernel`: for a sample without a call chain, whether its own
+/// address is in the kernel (None: not known).
+fn classify_sample(s: &Sample, leaf_in_kernel: Option<bool>) -> Option<Part> {
     if is_profiler(&s.comm) {
         return None;
+    }
+    if s.frames.is_empty() {
+        // Unknown is not userspace: counting it there would flatter the
+        // estimate of a server without its own code.
+        return Some(match leaf_in_kernel {
+            Some(false) => Part::User,
+            _ => Part::KernelNoChain,
+        });
     }
     let has = |names: &[&str]| {
         s.frames
@@ -135,11 +156,7 @@ fn classify_sample(s: &Sample) -> Option<Part> {
         Part::Accept
     } else if has(&["__x64_sys_close", "tcp_close"]) {
         Part::Close
-    } else if s
-        .frames
-        .first()
-        .is_some_and(|(_, dso)| dso.contains("kernel") || dso.starts_with("[k"))
-    {
+    } else if s.frames.first().is_some_and(|(_, dso)| is_kernel(dso)) {
         Part::OtherKernel
     } else {
         Part::User
@@ -182,11 +199,22 @@ fn samples(script: &str) -> Vec<Sample> {
     out
 }
 
-/// The samples per part (the profiler's own left out).
-pub fn count_parts(script: &str) -> BTreeMap<Part, u64> {
+/// The samples per part (the profiler's own left out), from `perf
+/// script`'s output with call chains and, for the samples perf recorded
+/// no chain for, `leaves`: its output with `--hide-call-graph`, one line
+/// per sample in the same order, ending in the sample's `(object)`.
+pub fn count_parts(script: &str, leaves: &str) -> BTreeMap<Part, u64> {
+    let samples = samples(script);
+    let leaves: Vec<&str> = leaves.lines().filter(|l| !l.trim().is_empty()).collect();
+    // Paired by position only when both list the same samples.
+    let paired = leaves.len() == samples.len();
     let mut counts = BTreeMap::new();
-    for s in samples(script) {
-        if let Some(p) = classify_sample(&s) {
+    for (i, s) in samples.iter().enumerate() {
+        let leaf_in_kernel = paired.then(|| {
+            let dso = leaves[i].trim_end().rsplit('(').next().unwrap_or("");
+            is_kernel(dso)
+        });
+        if let Some(p) = classify_sample(s, leaf_in_kernel) {
             *counts.entry(p).or_insert(0) += 1;
         }
     }
@@ -285,16 +313,21 @@ impl Recording {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let script = Command::new("perf")
-            .args(["script", "-F", "comm,ip,sym,dso", "-i"])
-            .arg(&self.path)
-            .stderr(Stdio::null())
-            .output()
-            .context("running perf script")?;
-        if !script.status.success() {
-            bail!("perf script failed ({})", script.status);
-        }
-        let counts = count_parts(&String::from_utf8_lossy(&script.stdout));
+        let script = |extra: &[&str]| -> Result<String> {
+            let out = Command::new("perf")
+                .args(["script", "-F", "comm,ip,sym,dso"])
+                .args(extra)
+                .arg("-i")
+                .arg(&self.path)
+                .stderr(Stdio::null())
+                .output()
+                .context("running perf script")?;
+            if !out.status.success() {
+                bail!("perf script failed ({})", out.status);
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let counts = count_parts(&script(&[])?, &script(&["--hide-call-graph"])?);
         if counts.is_empty() {
             bail!("perf recorded no samples of the server CPU");
         }
@@ -352,7 +385,7 @@ sleep
 
     #[test]
     fn samples_go_to_the_first_part_their_chain_names() {
-        let c = count_parts(SCRIPT);
+        let c = count_parts(SCRIPT, "");
         let n = |p| c.get(&p).copied().unwrap_or(0);
         // The client's receive inside the TX kick is the path's, not the
         // kick's.
@@ -371,7 +404,7 @@ sleep
 
     #[test]
     fn shares_cover_every_part_and_sum_to_one() {
-        let v = profile_json(&count_parts(SCRIPT), Path::new("/x/perf.data"));
+        let v = profile_json(&count_parts(SCRIPT, ""), Path::new("/x/perf.data"));
         assert_eq!(v["samples"], 8);
         let shares = v["shares"].as_object().unwrap();
         assert_eq!(shares.len(), Part::ALL.len());
@@ -383,9 +416,26 @@ sleep
 
     #[test]
     fn nothing_recorded_is_no_samples() {
-        assert!(count_parts("").is_empty());
-        assert!(count_parts("\n\n").is_empty());
+        assert!(count_parts("", "").is_empty());
+        assert!(count_parts("\n\n", "").is_empty());
         // A frame line with no thread line above it is skipped.
-        assert!(count_parts("\tffff foo ([kernel.kallsyms])\n").is_empty());
+        assert!(count_parts("\tffff foo ([kernel.kallsyms])\n", "").is_empty());
+    }
+
+    #[test]
+    fn a_sample_without_a_chain_is_placed_by_its_own_address() {
+        let script = "xtask \n\nxtask \n\nxtask \n\tffff tcp_sendmsg ([kernel.kallsyms])\n";
+        let leaves = "   xtask  ffff1 __fput ([kernel.kallsyms])\n\
+                      \n   xtask  5555 main (/work/target/release/xtask)\n\
+                         xtask  ffff2 tcp_write_xmit ([kernel.kallsyms])\n";
+        let c = count_parts(script, leaves);
+        assert_eq!(c.get(&Part::KernelNoChain), Some(&1));
+        assert_eq!(c.get(&Part::User), Some(&1));
+        assert_eq!(c.get(&Part::TcpSend), Some(&1));
+        // Leaves that do not pair up with the samples: chainless samples
+        // are not known to be userspace.
+        let c = count_parts(script, "   xtask  5555 main (/x)\n");
+        assert_eq!(c.get(&Part::KernelNoChain), Some(&2));
+        assert_eq!(c.get(&Part::User), None);
     }
 }

@@ -918,12 +918,14 @@ mod tests {
         let lines = profile_lines(&vec![(w, runs)]);
         let ep = lines.iter().find(|l| l.starts_with("rr-1conn")).unwrap();
         let cells: Vec<&str> = ep.split_whitespace().collect();
-        // total, bridge+cl, napi, wait, ..., user
+        // workload, server, total, then the parts in Part::ALL's order.
+        let part = |p: Part| cells[3 + Part::ALL.iter().position(|q| *q == p).unwrap()];
         assert_eq!(cells[2], "10.0");
-        assert_eq!(cells[3], "5.00");
-        assert_eq!(cells[4], "3.00");
-        assert_eq!(cells[5], "0");
-        assert_eq!(cells[12], "2.00");
+        assert_eq!(part(Part::BridgeAndClient), "5.00");
+        assert_eq!(part(Part::Napi), "3.00");
+        assert_eq!(part(Part::Wait), "0");
+        assert_eq!(part(Part::User), "2.00");
+        assert_eq!(cells.len(), 3 + Part::ALL.len() + 1);
         assert!(lines
             .iter()
             .any(|l| l.contains("kernel") && l.contains("16.0")));
