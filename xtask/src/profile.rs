@@ -127,7 +127,7 @@ fn classify_sample(s: &Sample, leaf_in_kernel: Option<bool>) -> Option<Part> {
     if is_profiler(&s.comm) {
         return None;
     }
-    if s.frames.is_empty() {
+    if s.frames.is_empty() && !s.comm.starts_with("napi/") {
         // Unknown is not userspace: counting it there would flatter the
         // estimate of a server without its own code.
         return Some(match leaf_in_kernel {
@@ -437,5 +437,8 @@ sleep
         let c = count_parts(script, "   xtask  5555 main (/x)\n");
         assert_eq!(c.get(&Part::KernelNoChain), Some(&2));
         assert_eq!(c.get(&Part::User), None);
+        // The NAPI kthread's own samples are its, chain or not.
+        let c = count_parts("napi/tb-srv0-16 \n\n", "");
+        assert_eq!(c.get(&Part::Napi), Some(&1));
     }
 }
