@@ -991,6 +991,9 @@ pub(crate) struct Recv {
     pub arrivals_since_ack: u32,
     /// The ACK just sent answered a batch of segments: a copy follows.
     pub ack_copy_due: bool,
+    /// Data filled a hole since our last ACK: the peer is in loss
+    /// recovery, and the next ACK may be the one that ends it.
+    pub hole_filled: bool,
     /// A duplicate segment to report once in a D-SACK block (RFC 2883).
     pub dsack: Option<(SeqNum, SeqNum)>,
     /// Segments beyond a hole, sorted by sequence number, held until the
@@ -1023,6 +1026,7 @@ impl Recv {
             sack_fresh: 0,
             arrivals_since_ack: 0,
             ack_copy_due: false,
+            hole_filled: false,
             dsack: None,
             out_of_order: Vec::new(),
             out_of_order_bytes: 0,
@@ -1046,27 +1050,30 @@ impl Recv {
         } else if answered >= ACK_COPY_AFTER
             && !self.ack_copy_due
             && self.sack_ok
-            && !self.out_of_order.is_empty()
+            && (!self.out_of_order.is_empty() || self.hole_filled)
         {
             // RFC 5681 §4.2: "an ACK SHOULD be generated for at least
             // every second full-sized segment". We read arrivals in
             // batches, so one ACK may answer dozens of segments, where a
             // receiver answering each arrival would have sent a dozen
-            // ACKs: if that one is lost while data is held beyond a hole
-            // (the sender is in recovery, where Linux sends no tail-loss
-            // probe), a sender that has filled its window hears nothing
-            // until its RTO. The same ACK goes twice. (Only with SACK
-            // blocks: a copy SACKs nothing new, so an RFC 6675 sender
-            // does not count it as a duplicate ACK, and a RACK sender
-            // ignores it.)
+            // ACKs: if that one is lost while the sender is in recovery
+            // (data is held beyond a hole, or this ACK covers the hole's
+            // retransmission and ends the recovery; Linux sends no
+            // tail-loss probe in recovery), a sender that has filled its
+            // window hears nothing until its RTO. The same ACK goes twice.
+            // (Only with SACK: a copy SACKs nothing new, so an RFC 6675
+            // sender does not count it as a duplicate ACK, and a RACK
+            // sender ignores it.)
             self.sack_fresh = 0;
             self.ack_now = true;
             self.ack_copy_due = true;
+            self.hole_filled = false;
             self.arrivals_since_ack = 0;
         } else {
             self.sack_fresh = 0;
             self.ack_now = false;
             self.ack_copy_due = false;
+            self.hole_filled = false;
             self.arrivals_since_ack = 0;
         }
         self.ack_at = None;

@@ -800,6 +800,7 @@ impl Stack {
                         rcv.drain_out_of_order();
                         if fills_gap {
                             rcv.ack_now = true;
+                            rcv.hole_filled = true;
                         }
                         self.events.push_back(Event::Readable(id));
                     }

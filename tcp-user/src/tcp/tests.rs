@@ -1306,11 +1306,13 @@ fn runs_that_do_not_fit_in_one_ack_go_in_an_earlier_one() {
     // One fresh run: one ACK.
     p.send_raw(ACK, s + 1300, p.ack, 65535, &[1; 100]);
     assert_eq!(sack_of_acks(&mut p).len(), 1);
-    // Filling the holes delivers everything: no blocks, one ACK.
+    // Filling the holes in one batch delivers everything: no blocks, and
+    // the ACK that ends the sender's recovery answers seven segments, so
+    // it goes twice.
     for k in [0, 2, 4, 6, 8, 10, 12] {
         p.send_raw(ACK, s + 100 * k, p.ack, 65535, &[1; 100]);
     }
-    assert_eq!(sack_of_acks(&mut p), vec![Vec::<(u32, u32)>::new()]);
+    assert_eq!(sack_of_acks(&mut p), vec![Vec::<(u32, u32)>::new(); 2]);
 }
 
 #[test]
@@ -1393,6 +1395,43 @@ fn an_ack_answering_a_batch_beyond_a_hole_goes_twice() {
     assert_eq!(acks, vec![vec![(s + 100, s + 700)]; 2]);
     let o = p.outputs();
     assert!(o.is_empty(), "{o:?}");
+}
+
+#[test]
+fn the_ack_that_ends_the_senders_recovery_goes_twice_after_a_batch() {
+    // As in a Linux upload at 1 % loss: a segment lost, the rest SACKed,
+    // then one batch with the retransmission and new data. A single ACK
+    // for all of it, if lost, leaves a sender in recovery (no tail-loss
+    // probe there) silent until its RTO.
+    let (mut p, s) = sack_peer();
+    for i in 1..4 {
+        p.send_raw(ACK, s + 100 * i, p.ack, 65535, &[1; 100]);
+    }
+    assert_eq!(sack_of_acks(&mut p), vec![vec![(s + 100, s + 400)]; 1]);
+    // The retransmission and three new segments: the ACK covers the
+    // hole and answers four segments.
+    for i in [0, 4, 5, 6] {
+        p.send_raw(ACK, s + 100 * i, p.ack, 65535, &[1; 100]);
+    }
+    let o = p.outputs();
+    assert_eq!(o.len(), 2, "{o:?}");
+    assert!(o.iter().all(|a| a.ack == s + 700 && a.payload.is_empty()), "{o:?}");
+    // Nothing more owed: the copy is not copied again.
+    p.advance(Duration::from_millis(500));
+    let o = p.outputs();
+    assert!(o.is_empty(), "{o:?}");
+    // In order again, a batch of six: one ACK.
+    for i in 7..13 {
+        p.send_raw(ACK, s + 100 * i, p.ack, 65535, &[1; 100]);
+    }
+    assert_eq!(p.outputs().len(), 1);
+    // A lone retransmission filling a hole answers too few to be copied.
+    p.send_raw(ACK, s + 1400, p.ack, 65535, &[1; 100]);
+    assert_eq!(sack_of_acks(&mut p), vec![vec![(s + 1400, s + 1500)]]);
+    p.send_raw(ACK, s + 1300, p.ack, 65535, &[1; 100]);
+    let o = p.outputs();
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!(o[0].ack, s + 1500);
 }
 
 #[test]
