@@ -1611,25 +1611,7 @@ fn connect_with(
     }
     // A blocking connect(2) gives up after SO_SNDTIMEO.
     sock.set_write_timeout(Some(timeout))?;
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: target.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*target.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // Safety: passes a pointer to a live sockaddr_in and its size.
-    let r = unsafe {
-        libc::connect(
-            fd,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        bail!("connect: {}", std::io::Error::last_os_error());
-    }
+    crate::loadgen::connect_fd(&sock, target).context("connect")?;
     Ok(sock)
 }
 

@@ -380,22 +380,30 @@ fn start_connect_with(
             bail!("binding {from}: {}", std::io::Error::last_os_error());
         }
     }
-    let sa = sockaddr(to);
-    // Safety: as above.
-    let r = unsafe {
-        libc::connect(
-            fd,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        let e = std::io::Error::last_os_error();
+    if let Err(e) = connect_fd(&s, to) {
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
             bail!("connecting to {to}: {e}");
         }
     }
     Ok(s)
+}
+
+/// connect(2) on a socket made by hand (for options that must come before
+/// the SYN); nonblocking sockets answer EINPROGRESS.
+pub(crate) fn connect_fd(s: &TcpStream, to: SocketAddrV4) -> std::io::Result<()> {
+    let sa = sockaddr(to);
+    // Safety: sa is a valid sockaddr_in of the given size.
+    let r = unsafe {
+        libc::connect(
+            s.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A nonblocking connect from `from` with the port left to the kernel,
