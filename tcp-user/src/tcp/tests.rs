@@ -1415,7 +1415,10 @@ fn the_ack_that_ends_the_senders_recovery_goes_twice_after_a_batch() {
     }
     let o = p.outputs();
     assert_eq!(o.len(), 2, "{o:?}");
-    assert!(o.iter().all(|a| a.ack == s + 700 && a.payload.is_empty()), "{o:?}");
+    assert!(
+        o.iter().all(|a| a.ack == s + 700 && a.payload.is_empty()),
+        "{o:?}"
+    );
     // Nothing more owed: the copy is not copied again.
     p.advance(Duration::from_millis(500));
     let o = p.outputs();
