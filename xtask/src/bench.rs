@@ -776,9 +776,9 @@ fn counters_note(c: &BTreeMap<String, u64>) -> String {
 }
 
 /// Starts `server` for `w`, runs the workload's client once, reads the
-/// server's counters, stops the server.
-/// One run of `w` against `server`; `with_perf`: with a `perf record` of
-/// the server CPU over its middle (timed workloads of 3 s or more).
+/// server's counters, stops the server; `with_perf`: with a `perf record`
+/// of the server CPU over the middle of the run (rr, crr and iperf3
+/// workloads of 3 s or more).
 fn run_one(server: Server, w: &Workload, ctx: &Ctx, with_perf: bool) -> Result<RunResult> {
     let load1 = load_average();
     let (cli_tx, srv_tx) = w.tx_offload(server);
@@ -1583,9 +1583,6 @@ fn check_kernel_congestion(name: &str) -> Result<()> {
     }
 }
 
-/// Sets a kernel socket's congestion control (TCP_CONGESTION); one that
-/// is not in net.ipv4.tcp_allowed_congestion_control needs CAP_NET_ADMIN,
-/// which the bench's processes have.
 /// A TCP connection to `target` whose congestion control, if given, is
 /// set before the SYN: set after connect, the namespace's default has
 /// already been initialised on the socket, and a BBR default leaves the
@@ -1598,14 +1595,7 @@ fn connect_with(
     congestion: Option<&str>,
     timeout: Duration,
 ) -> Result<TcpStream> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // Safety: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
-    }
-    // Safety: fd is a new socket that nothing else owns.
-    let sock = TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let sock = crate::loadgen::tcp_socket(0)?;
     if let Some(cc) = congestion {
         set_congestion(&sock, cc)?;
     }
@@ -1615,6 +1605,9 @@ fn connect_with(
     Ok(sock)
 }
 
+/// Sets a kernel socket's congestion control (TCP_CONGESTION); one that
+/// is not in net.ipv4.tcp_allowed_congestion_control needs CAP_NET_ADMIN,
+/// which the bench's processes have.
 fn set_congestion(socket: &impl std::os::fd::AsRawFd, name: &str) -> Result<()> {
     // Safety: passes a pointer to the name's bytes and their length; the
     // kernel copies at most that many.

@@ -348,19 +348,8 @@ fn start_connect_with(
     from: Option<SocketAddrV4>,
     port_at_connect: bool,
 ) -> Result<TcpStream> {
-    // Safety: plain syscall; the fd is owned right after.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
-    }
-    // Safety: a fresh descriptor nobody else owns.
-    let s = TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let s = tcp_socket(libc::SOCK_NONBLOCK)?;
+    let fd = s.as_raw_fd();
     s.set_nodelay(true)?;
     if let Some(from) = from {
         setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
@@ -386,6 +375,24 @@ fn start_connect_with(
         }
     }
     Ok(s)
+}
+
+/// A new, unconnected IPv4 TCP socket (`extra`: more SOCK_* flags), for
+/// options that must be set before bind or connect.
+pub(crate) fn tcp_socket(extra: libc::c_int) -> Result<TcpStream> {
+    // Safety: plain syscall; the fd is owned right after.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | extra,
+            0,
+        )
+    };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // Safety: a fresh descriptor nobody else owns.
+    Ok(TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// connect(2) on a socket made by hand (for options that must come before
