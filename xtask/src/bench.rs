@@ -1113,6 +1113,16 @@ fn output_within(mut c: Command, budget: Duration, what: &str) -> Result<std::pr
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {what}"))?;
+    wait_output_within(child, budget, what)
+}
+
+/// A running child's output, or an error (and the child killed) once
+/// `budget` has passed.
+pub(crate) fn wait_output_within(
+    child: Child,
+    budget: Duration,
+    what: &str,
+) -> Result<std::process::Output> {
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
